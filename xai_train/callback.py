@@ -1,0 +1,293 @@
+"""The callback protocol: ``Callback``, ``CallbackList`` and ``TrainState`` (DESIGN.md §3).
+
+Hooks are called on every rank, in list order. A hook that returns ``None`` changes nothing; a hook that
+changes behaviour returns the change (a gradient function, a noise plan, a loss map) instead of mutating
+its arguments. ``CallbackList`` is what the trainers call, and what a hand-written Accelerate loop calls
+with about four added lines (see ``recipes/custom_loop.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+GradFn = Callable[[Tensor], Tensor]
+"""Maps the gradient w.r.t. ``fake`` (B, C, H, W) to a new one. Must be positively homogeneous."""
+
+CALLBACK_STATE_FILE = "callbacks.pt"
+
+
+@dataclasses.dataclass(frozen=True)
+class NoisePlan:
+    """How a diffusion training step noises its clean batch.
+
+    Attributes:
+        noise: (B, C, H, W) standard Gaussian noise.
+        timesteps: (B,) integer timesteps.
+        noise_scale: per-pixel factor on the noise, broadcastable to (B, C, H, W); ``None`` = isotropic.
+        loss_weight: per-pixel weight on the denoising loss, broadcastable to (B, C, H, W); ``None`` = 1.
+        timestep_weight: (B,) importance-sampling correction on each sample's loss; ``None`` = 1.
+    """
+
+    noise: Tensor
+    timesteps: Tensor
+    noise_scale: Tensor | None = None
+    loss_weight: Tensor | None = None
+    timestep_weight: Tensor | None = None
+
+    def replace(self, **changes: Any) -> NoisePlan:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What a hook sees of the training run.
+
+    Attributes:
+        accelerator: the run's ``accelerate.Accelerator``.
+        step: optimizer steps done (generator steps for a GAN).
+        max_steps: planned number of steps.
+        models: named models (wrapped as prepared by Accelerate), e.g. ``{"generator": G, "discriminator": D}``.
+        epoch: passes over the data so far.
+        run_dir: the run directory, or ``None`` if the loop writes nothing.
+    """
+
+    accelerator: Accelerator
+    step: int = 0
+    max_steps: int = 0
+    models: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
+    epoch: int = 0
+    run_dir: Path | None = None
+    stop_requested: bool = False
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def log_scalars(self, values: Mapping[str, float], step: int | None = None) -> None:
+        """Logs scalars to the trackers (main process only; safe to call on every rank)."""
+        if not self.is_main_process or not self.accelerator.trackers:
+            return
+        clean = {k: float(v.item() if isinstance(v, Tensor) else v) for k, v in values.items()}
+        self.accelerator.log(clean, step=self.step if step is None else step)
+
+    def log_images(self, images: Mapping[str, Tensor], step: int | None = None) -> None:
+        """Logs images (each (N, C, H, W) or (C, H, W), floats in [0, 1]) to TensorBoard, main process only."""
+        if not self.is_main_process:
+            return
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                batch = {k: (v if v.dim() == 4 else v.unsqueeze(0)).detach().float().cpu() for k, v in images.items()}
+                tracker.log_images(batch, step=self.step if step is None else step)
+
+    def request_stop(self) -> None:
+        """Asks every rank to stop after this step (goes through ``accelerator.set_trigger``)."""
+        self.stop_requested = True
+        self.accelerator.set_trigger()
+
+    def should_stop(self) -> bool:
+        """True on every rank once any rank called ``request_stop`` (a collective: call it on all ranks)."""
+        if self.accelerator.check_trigger():
+            self.stop_requested = True
+        return self.stop_requested
+
+
+class Callback:
+    """Base class: every hook is optional and does nothing here.
+
+    Subclasses set ``state_key`` (unique within a list) if they carry state across checkpoints.
+    """
+
+    state_key: str | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        """Once, before the first step (after resuming)."""
+
+    def on_train_end(self, state: TrainState) -> None:
+        """Once, after the last step."""
+
+    def on_generator_forward(
+        self, state: TrainState, fake: Tensor, d_fake: Tensor, discriminator: nn.Module
+    ) -> GradFn | None:
+        """GAN generator step, after ``d_fake = D(fake)`` and before the backward.
+
+        Args:
+            fake: (B, C, H, W) generator output, part of the autograd graph.
+            d_fake: (B, 1) discriminator logits on ``fake``.
+            discriminator: the unwrapped D (explain this one, on ``fake.detach()``).
+
+        Returns:
+            A GradFn for the gradient w.r.t. ``fake``, or ``None``.
+        """
+        return None
+
+    def on_diffusion_noise(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> NoisePlan | None:
+        """Diffusion step, before the clean batch (B, C, H, W) is noised. Returns a new plan or ``None``."""
+        return None
+
+    def on_loss(self, state: TrainState, loss_map: Tensor, role: str) -> Tensor | None:
+        """Unreduced loss (per pixel or per sample) before reduction. ``role``: "generator",
+        "discriminator" or "denoiser". Returns a new loss map of the same shape or ``None``."""
+        return None
+
+    def on_before_optimizer_step(self, state: TrainState, role: str) -> None:
+        """Before ``optimizer.step()`` of ``role`` (gradients are synchronised here)."""
+
+    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+        """After a full training step; ``logs`` holds the step's scalars (already logged)."""
+
+    def on_sample(self, state: TrainState, samples: Tensor) -> None:
+        """After the trainer drew its periodic samples (N, C, H, W) in [-1, 1]."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores what ``state_dict`` returned."""
+
+
+def compose_grad_fns(fns: Iterable[GradFn]) -> GradFn | None:
+    """Chains gradient functions in order: ``compose([f, g])(x) == g(f(x))``; ``None`` if there are none."""
+    chain = [fn for fn in fns if fn is not None]
+    if not chain:
+        return None
+    if len(chain) == 1:
+        return chain[0]
+
+    def composed(grad: Tensor) -> Tensor:
+        for fn in chain:
+            grad = fn(grad)
+        return grad
+
+    return composed
+
+
+class CallbackList:
+    """Dispatches hooks to callbacks in order and checkpoints their state.
+
+    Example:
+        >>> from accelerate import Accelerator
+        >>> callbacks = CallbackList([])
+        >>> state = TrainState(Accelerator(cpu=True), max_steps=10)
+        >>> callbacks.on_train_start(state)
+    """
+
+    def __init__(self, callbacks: Iterable[Callback] = ()):
+        self.callbacks: list[Callback] = list(callbacks)
+        keys = [cb.state_key for cb in self.callbacks if cb.state_key is not None]
+        duplicated = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicated:
+            raise ValueError(f"callbacks share the state_key {duplicated}; give each stateful callback its own key")
+        self._registered_with: Accelerator | None = None
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
+
+    def append(self, callback: Callback) -> None:
+        self.callbacks.append(callback)
+
+    # --- hooks -------------------------------------------------------------------------------------
+    def on_train_start(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.on_train_start(state)
+
+    def on_train_end(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.on_train_end(state)
+
+    def on_generator_forward(
+        self, state: TrainState, fake: Tensor, d_fake: Tensor, discriminator: nn.Module
+    ) -> GradFn | None:
+        """Collects every callback's GradFn and registers ONE composed hook on ``fake``.
+
+        Returns:
+            The composed GradFn that was registered, or ``None`` if no callback returned one.
+        """
+        fns = [cb.on_generator_forward(state, fake, d_fake, discriminator) for cb in self.callbacks]
+        grad_fn = compose_grad_fns(fns)
+        if grad_fn is not None:
+            if not fake.requires_grad:
+                raise RuntimeError("on_generator_forward: `fake` does not require grad; call it inside the G step")
+            fake.register_hook(grad_fn)
+        return grad_fn
+
+    def on_diffusion_noise(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> NoisePlan:
+        for cb in self.callbacks:
+            new_plan = cb.on_diffusion_noise(state, clean, plan)
+            if new_plan is not None:
+                plan = new_plan
+        return plan
+
+    def on_loss(self, state: TrainState, loss_map: Tensor, role: str) -> Tensor:
+        for cb in self.callbacks:
+            new_map = cb.on_loss(state, loss_map, role)
+            if new_map is not None:
+                if new_map.shape != loss_map.shape:
+                    raise ValueError(
+                        f"{type(cb).__name__}.on_loss returned shape {tuple(new_map.shape)}, "
+                        f"expected {tuple(loss_map.shape)}"
+                    )
+                loss_map = new_map
+        return loss_map
+
+    def on_before_optimizer_step(self, state: TrainState, role: str) -> None:
+        for cb in self.callbacks:
+            cb.on_before_optimizer_step(state, role)
+
+    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.on_step_end(state, logs)
+
+    def on_sample(self, state: TrainState, samples: Tensor) -> None:
+        for cb in self.callbacks:
+            cb.on_sample(state, samples)
+
+    # --- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key is not None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for cb in self.callbacks:
+            if cb.state_key is not None and cb.state_key in state:
+                cb.load_state_dict(state[cb.state_key])
+
+    def save(self, directory: str | Path) -> None:
+        """Writes the callbacks' state to ``directory/callbacks.pt`` (loaded back with ``weights_only=True``)."""
+        torch.save(self.state_dict(), Path(directory) / CALLBACK_STATE_FILE)
+
+    def load(self, directory: str | Path) -> None:
+        """Restores the callbacks' state written by ``save``; a checkpoint without it is left as is."""
+        path = Path(directory) / CALLBACK_STATE_FILE
+        if path.is_file():
+            self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def register_for_checkpointing(self, accelerator: Accelerator) -> None:
+        """Makes ``accelerator.save_state/load_state`` carry the callbacks' state. Idempotent.
+
+        Accelerate's own ``register_for_checkpointing`` unpickles with ``weights_only=False``; these hooks
+        write a tensors-and-primitives file that is read back with ``weights_only=True`` instead.
+        """
+        if self._registered_with is accelerator:
+            return
+        self._registered_with = accelerator
+
+        def save_hook(models, weights, output_dir):
+            if accelerator.is_main_process:
+                self.save(output_dir)
+
+        def load_hook(models, input_dir):
+            self.load(input_dir)
+
+        accelerator.register_save_state_pre_hook(save_hook)
+        accelerator.register_load_state_pre_hook(load_hook)

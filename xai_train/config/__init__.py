@@ -1,0 +1,12 @@
+"""Config machinery (frozen dataclasses, YAML, strict dotted overrides) and the recipe schemas."""
+
+from xai_train.config.core import (
+    ConfigError,
+    load_config,
+    parse_override,
+    read_yaml,
+    save_config,
+    to_dict,
+)
+
+__all__ = ["ConfigError", "load_config", "parse_override", "read_yaml", "save_config", "to_dict"]
