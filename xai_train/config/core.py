@@ -41,14 +41,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: {value!r} matches none of {_type_name(tp)}")
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -64,7 +63,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value))]
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
         else:
             inner = args[0] if args else Any
             items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]

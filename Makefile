@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine with Python >= 3.10:
+#   make demo   -> creates .venv, installs pinned versions, trains the demo xAI-GAN on embedded digits
+#   make test   -> creates .venv, installs pinned versions, runs the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: an unpinned torch would pull the newest build (GBs of CUDA wheels on Linux).
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python recipes/train_gan.py --config configs/gan/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python recipes/benchmark.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

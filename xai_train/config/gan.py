@@ -1,0 +1,70 @@
+"""Config schema of the GAN recipe (``recipes/train_gan.py``).
+
+Each field has a default and a short reason. The trainer reads ``GANTrainConfig``; the recipe reads the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "dcgan_digits"  # run folder: <output_dir>/<name>
+    output_dir: str = "runs"
+    seed: int = 0  # seeds data order, latent noise, init and dropout on every rank
+    resume: str = ""  # "" = fresh, "auto" = latest checkpoint of this run, or a step_<N> folder
+    cpu: bool = False  # force the CPU even where a GPU is visible
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # digits | shapes | mnist | fashion_mnist | cifar10 | folder
+    root: str = ""  # local files for mnist / fashion_mnist / cifar10 / folder (nothing is downloaded)
+    image_size: int = 32
+    channels: int = 1
+    num_samples: int = 0  # 0 = the whole dataset (shapes: 10,000 images)
+    fraction: float = 1.0  # keep a seeded random subset (the paper's "20% of the data" claim)
+
+
+@dataclass(frozen=True)
+class GANModelConfig:
+    arch: Literal["dcgan", "paper_mlp"] = "dcgan"
+    latent_dim: int = 100  # DCGAN and the paper's MLPs both use 100
+    g_width: int = 64
+    d_width: int = 64
+    g_norm: Literal["batch", "none"] = "batch"
+    d_norm: Literal["batch", "none"] = "batch"  # "none" makes free saliency exact (no cross-sample coupling)
+    dropout: float = 0.3  # paper MLP discriminator only
+
+
+@dataclass(frozen=True)
+class GANTrainConfig:
+    batch_size: int = 64  # per process; the global batch is batch_size x processes
+    max_steps: int = 2000  # generator optimizer steps
+    lr_g: float = 2e-4  # DCGAN / xAI-GAN paper value
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)  # beta1 = 0.5 is the DCGAN choice
+    loss: Literal["bce", "hinge", "lsgan"] = "bce"
+    real_label: float = 1.0  # the paper smooths to 0.9
+    fake_label: float = 0.0  # the paper uses 0.1
+    d_steps_per_g_step: int = 1
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema_decay: float = 0.0  # 0 disables the EMA copy of G; 0.999 is a common value
+    clip_grad_norm_g: float = 0.0  # 0 disables; the paper clips G at 10
+    clip_grad_norm_d: float = 0.0
+    log_every: int = 10  # scalars to TensorBoard
+    sample_every: int = 250  # fixed-noise sample grid
+    num_samples: int = 64  # images in the sample grid
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # 0 keeps every checkpoint
+
+
+@dataclass(frozen=True)
+class GANExperiment:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: GANModelConfig = field(default_factory=GANModelConfig)
+    train: GANTrainConfig = field(default_factory=GANTrainConfig)

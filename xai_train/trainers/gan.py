@@ -1,0 +1,296 @@
+"""The GAN trainer: Accelerate, callbacks, checkpoints, TensorBoard.
+
+One ``step`` is one generator optimizer step. It runs ``d_steps_per_g_step`` discriminator updates, each
+over ``grad_accum_steps`` micro-batches inside ``accelerator.accumulate(G, D)``; the generator loss is
+computed on the micro-batches of the last discriminator update, reusing their fakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.training_utils import EMAModel
+from torch import Tensor, nn
+
+from xai_train.callback import Callback, CallbackList, TrainState
+from xai_train.checkpoint import CheckpointManager
+from xai_train.config.gan import GANTrainConfig
+from xai_train.data import TensorBatches
+from xai_train.images import save_grid
+from xai_train.tracking import StepTimer, make_accelerator, progress_bar, start_run
+from xai_train.trainers.losses import discriminator_loss, generator_loss
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Turns off ``requires_grad`` of the parameters for the block (restoring each flag afterwards)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class GANTrainer:
+    """Trains a generator/discriminator pair with Accelerate.
+
+    Args:
+        generator: maps latents (B, latent_dim) to images (B, C, H, W); has ``latent_dim``.
+        discriminator: maps images to logits (B, 1).
+        images: (N, C, H, W) training images in [-1, 1] (or uint8, see ``TensorBatches``).
+        config: training hyperparameters.
+        callbacks: hooks called on every rank (see ``xai_train.callback``).
+        run_dir: where logs, samples and checkpoints go; ``None`` writes nothing.
+        seed: data order, latent noise and init seed (identical on every rank).
+        resume: "", "auto" or a checkpoint folder.
+        run_config: the resolved config saved as ``config.yaml`` and as TensorBoard hparams.
+        cpu: force the CPU.
+
+    Example:
+        >>> from xai_train.models import build_gan
+        >>> G, D = build_gan("dcgan", image_size=32, channels=1, g_width=8, d_width=8)
+        >>> trainer = GANTrainer(G, D, torch.rand(64, 1, 32, 32) * 2 - 1,
+        ...                      GANTrainConfig(batch_size=16, max_steps=2, log_every=1), cpu=True)
+        >>> trainer.train()["steps"]
+        2
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        images: Tensor,
+        config: GANTrainConfig,
+        *,
+        callbacks: Iterable[Callback] = (),
+        run_dir: str | Path | None = None,
+        seed: int = 0,
+        resume: str = "",
+        run_config: Mapping[str, Any] | None = None,
+        cpu: bool = False,
+    ):
+        if config.d_steps_per_g_step < 1:
+            raise ValueError(f"d_steps_per_g_step must be >= 1, got {config.d_steps_per_g_step}")
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.seed = seed
+        self.resume = resume
+        self.accelerator = accelerator = make_accelerator(
+            self.run_dir,
+            mixed_precision=config.mixed_precision,
+            grad_accum_steps=config.grad_accum_steps,
+            seed=seed,
+            cpu=cpu,
+        )
+        start_run(accelerator, self.run_dir, run_config)
+        self.latent_dim = generator.latent_dim
+        self.ema = EMAModel(generator.parameters(), decay=config.ema_decay) if config.ema_decay > 0 else None
+        opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=config.betas)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=config.betas)
+        self.generator, self.discriminator, self.opt_g, self.opt_d = accelerator.prepare(
+            generator, discriminator, opt_g, opt_d
+        )
+        if self.ema is not None:
+            self.ema.to(accelerator.device)
+        self.batches = TensorBatches(
+            images,
+            config.batch_size,
+            seed=seed,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            device=accelerator.device,
+        )
+        # Latents come from one generator seeded alike on every rank; each rank keeps its slice of the
+        # global batch, so N processes see exactly the noise one process with an N-times batch would.
+        self.latent_rng = torch.Generator().manual_seed(seed + 1)
+        self.fixed_latent = torch.randn(
+            config.num_samples, self.latent_dim, generator=torch.Generator().manual_seed(seed + 2)
+        )
+        self.callbacks = CallbackList(callbacks)
+        self.callbacks.register_for_checkpointing(accelerator)
+        self.checkpoints = CheckpointManager(
+            accelerator, (self.run_dir or Path(".")) / "checkpoints", keep_last=config.keep_checkpoints
+        )
+        self.state = TrainState(
+            accelerator=accelerator,
+            max_steps=config.max_steps,
+            models={"generator": self.generator, "discriminator": self.discriminator},
+            run_dir=self.run_dir,
+        )
+        self.timer = StepTimer()
+
+    # --- pieces of a step -----------------------------------------------------------------------------
+    def _latents(self) -> Tensor:
+        acc, batch = self.accelerator, self.config.batch_size
+        everyone = torch.randn(batch * acc.num_processes, self.latent_dim, generator=self.latent_rng)
+        rank = acc.process_index
+        return everyone[rank * batch : (rank + 1) * batch].to(acc.device)
+
+    def _discriminator_update(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        cfg, acc = self.config, self.accelerator
+        with acc.autocast():
+            d_real = self.discriminator(real)
+            d_fake = self.discriminator(fake.detach())
+            loss_map = discriminator_loss(d_real, d_fake, cfg.loss, cfg.real_label, cfg.fake_label)
+        loss_map = self.callbacks.on_loss(self.state, loss_map, "discriminator")
+        loss = loss_map.mean()
+        acc.backward(loss)
+        if acc.sync_gradients:
+            self.callbacks.on_before_optimizer_step(self.state, "discriminator")
+            if cfg.clip_grad_norm_d > 0:
+                acc.clip_grad_norm_(self.discriminator.parameters(), cfg.clip_grad_norm_d)
+        self.opt_d.step()
+        self.opt_d.zero_grad(set_to_none=True)
+        return {"d_loss": loss.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach()}
+
+    def _generator_update(self, fake: Tensor) -> dict[str, Tensor]:
+        cfg, acc = self.config, self.accelerator
+        # G's gradient needs D's input gradient only; frozen D params keep D's .grad clean and skip work.
+        # The unwrapped D also keeps DDP's reducer out of a backward that syncs no D gradients.
+        discriminator = acc.unwrap_model(self.discriminator)
+        with frozen(discriminator):
+            with acc.autocast():
+                d_fake = discriminator(fake)
+            self.callbacks.on_generator_forward(self.state, fake, d_fake, discriminator)
+            with acc.autocast():
+                loss_map = generator_loss(d_fake, cfg.loss)
+            loss_map = self.callbacks.on_loss(self.state, loss_map, "generator")
+            loss = loss_map.mean()
+            acc.backward(loss)
+        if acc.sync_gradients:
+            self.callbacks.on_before_optimizer_step(self.state, "generator")
+            if cfg.clip_grad_norm_g > 0:
+                acc.clip_grad_norm_(self.generator.parameters(), cfg.clip_grad_norm_g)
+        self.opt_g.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        if acc.sync_gradients and self.ema is not None:
+            self.ema.step(acc.unwrap_model(self.generator).parameters())
+        return {"g_loss": loss.detach()}
+
+    def train_step(self) -> dict[str, Tensor]:
+        """One generator step (with its discriminator updates). Returns detached step statistics."""
+        cfg, acc = self.config, self.accelerator
+        stats: dict[str, Tensor] = {}
+        for cycle in range(cfg.d_steps_per_g_step):
+            last_cycle = cycle == cfg.d_steps_per_g_step - 1
+            for _ in range(cfg.grad_accum_steps):
+                real = self.batches.next()
+                latents = self._latents()
+                with acc.accumulate(self.generator, self.discriminator):
+                    with torch.set_grad_enabled(last_cycle), acc.autocast():
+                        fake = self.generator(latents)
+                    stats.update(self._discriminator_update(real, fake))
+                    if last_cycle:
+                        stats.update(self._generator_update(fake))
+        return stats
+
+    # --- sampling, checkpoints ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, latents: Tensor | None = None) -> Tensor:
+        """Images (N, C, H, W) in [-1, 1] from the fixed latents (EMA weights when enabled), eval mode."""
+        generator = self.accelerator.unwrap_model(self.generator)
+        latents = (self.fixed_latent if latents is None else latents).to(self.accelerator.device)
+        was_training = generator.training
+        generator.eval()
+        if self.ema is not None:
+            self.ema.store(generator.parameters())
+            self.ema.copy_to(generator.parameters())
+        try:
+            return generator(latents).float()
+        finally:
+            if self.ema is not None:
+                self.ema.restore(generator.parameters())
+            generator.train(was_training)
+
+    def _sample_and_log(self, final: bool = False) -> None:
+        samples = self.sample()
+        self.callbacks.on_sample(self.state, samples)
+        self.state.log_images({"samples": (samples + 1) / 2})
+        if self.run_dir is not None and self.accelerator.is_main_process:
+            save_grid(samples, self.run_dir / "samples" / f"step_{self.state.step:07d}.png")
+            if final:
+                save_grid(samples, self.run_dir / "samples.png")
+
+    def trainer_state(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond Accelerate's state (tensors and plain values only)."""
+        state: dict[str, Any] = {
+            "step": self.state.step,
+            "epoch": self.batches.epoch,
+            "batches": self.batches.state_dict(),
+            "latent_rng": self.latent_rng.get_state(),
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_trainer_state(self, state: Mapping[str, Any]) -> None:
+        self.state.step = int(state["step"])
+        self.batches.load_state_dict(state["batches"])
+        self.state.epoch = self.batches.epoch
+        self.latent_rng.set_state(state["latent_rng"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+
+    def save_checkpoint(self) -> Path:
+        return self.checkpoints.save(self.state.step, self.trainer_state())
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Runs until ``max_steps`` (or a callback's stop request). Returns a summary.
+
+        Returns:
+            ``{"steps", "median_step_time", "run_dir", and the last logged scalars}``.
+        """
+        cfg, acc, state = self.config, self.accelerator, self.state
+        checkpoint = self.checkpoints.resolve(self.resume)
+        if checkpoint is not None:
+            self.load_trainer_state(self.checkpoints.load(checkpoint))
+            acc.print(f"resumed from {checkpoint} at step {state.step}")
+        self.callbacks.on_train_start(state)
+        bar = progress_bar(acc, cfg.max_steps, initial=state.step)
+        last_logs: dict[str, float] = {}
+        while state.step < cfg.max_steps:
+            with self.timer:
+                stats = self.train_step()
+            state.step += 1
+            state.epoch = self.batches.epoch
+            logs = {"step_time": self.timer.last}
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                logs.update(self._scalars(stats))
+                state.log_scalars(logs)
+                bar.set_postfix(d=f"{logs['d_loss']:.3f}", g=f"{logs['g_loss']:.3f}", refresh=False)
+                last_logs = logs
+            self.callbacks.on_step_end(state, logs)
+            bar.update(1)
+            if cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
+                self._sample_and_log()
+            if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0 and self.run_dir is not None:
+                self.save_checkpoint()
+            if state.should_stop():
+                break
+        bar.close()
+        if self.run_dir is not None:
+            self._sample_and_log(final=True)
+            if not (self.checkpoints.latest() or Path()).name == f"step_{state.step}":
+                self.save_checkpoint()
+        self.callbacks.on_train_end(state)
+        acc.end_training()
+        return {"steps": state.step, "median_step_time": self.timer.median(), "run_dir": self.run_dir, **last_logs}
+
+    def _scalars(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
+        return {
+            "d_loss": stats["d_loss"].item(),
+            "g_loss": stats["g_loss"].item(),
+            "d_real": torch.sigmoid(stats["d_real"].float()).mean().item(),
+            "d_fake": torch.sigmoid(stats["d_fake"].float()).mean().item(),
+            "lr_g": self.opt_g.param_groups[0]["lr"],
+            "lr_d": self.opt_d.param_groups[0]["lr"],
+            "images_per_second": self.config.batch_size * self.accelerator.num_processes / max(self.timer.last, 1e-9),
+        }
