@@ -3,8 +3,15 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
-from xai_train.models import SUPPORTED_IMAGE_SIZES, DCGANDiscriminator, DCGANGenerator, dcgan_init_
+from xai_train.models import (
+    SUPPORTED_IMAGE_SIZES,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    dcgan_init_,
+    num_parameters,
+)
 from xai_train.models.dcgan import stage_widths
 
 WIDTH = 8  # tiny models keep the tests fast
@@ -80,7 +87,7 @@ def test_norm_none_makes_samples_independent_of_the_batch():
 def test_dcgan_init_statistics_on_a_wide_model():
     torch.manual_seed(0)
     for model in (DCGANGenerator(64, 3, width=64), DCGANDiscriminator(64, 3, width=64)):
-        conv = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)])
+        conv = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, _ConvNd)])
         assert conv.numel() > 1_000_000
         assert conv.std().item() == pytest.approx(0.02, rel=0.01)
         assert conv.mean().abs().item() < 1e-4
@@ -127,3 +134,21 @@ def test_wrong_input_shapes_raise():
         G(torch.randn(2, 16, 1, 1))
     with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, 32, 32\)"):
         D(torch.randn(2, 3, 32, 32))
+
+
+def test_parameter_counts_of_the_classic_32x32_grey_model():
+    g_layers = [  # transposed convs behind BatchNorm have no bias; BatchNorm has weight + bias
+        100 * 256 * 4 * 4 + 2 * 256,  # project: 410,112
+        256 * 128 * 4 * 4 + 2 * 128,  # upsample[0]: 524,544
+        128 * 64 * 4 * 4 + 2 * 64,  # upsample[1]: 131,200
+        64 * 1 * 4 * 4 + 1,  # to_image (with bias): 1,025
+    ]
+    d_layers = [
+        1 * 64 * 4 * 4 + 64,  # features[0] (bias, no BatchNorm): 1,088
+        64 * 128 * 4 * 4 + 2 * 128,  # features[1]: 131,328
+        128 * 256 * 4 * 4 + 2 * 256,  # features[2]: 524,800
+        256 * 1 * 4 * 4 + 1,  # head: 4,097
+    ]
+    assert (sum(g_layers), sum(d_layers)) == (1_066_881, 661_313)
+    assert num_parameters(DCGANGenerator(32, 1, width=64)) == sum(g_layers)
+    assert num_parameters(DCGANDiscriminator(32, 1, width=64)) == sum(d_layers)

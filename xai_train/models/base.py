@@ -89,8 +89,9 @@ class LatentGenerator(nn.Module):
     def check_latent(self, z: Tensor) -> None:
         """Raise a ValueError unless ``z`` has shape (B, latent_dim)."""
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            expected = f"(B, {self.latent_dim})"
             raise ValueError(
-                f"{type(self).__name__}: expected latent of shape (B, {self.latent_dim}), got {tuple(z.shape)}"
+                f"{type(self).__name__}: expected latent of shape {expected}, got {tuple(z.shape)}"
             )
 
 
@@ -118,7 +119,7 @@ class ImageDiscriminator(nn.Module):
     def check_image(self, x: Tensor) -> None:
         """Raise a ValueError unless ``x`` has shape (B, *image_shape)."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
+            expected = f"(B, {', '.join(map(str, self.image_shape))})"
             raise ValueError(
-                f"{type(self).__name__}: expected images of shape (B, {', '.join(map(str, self.image_shape))}), "
-                f"got {tuple(x.shape)}"
+                f"{type(self).__name__}: expected images of shape {expected}, got {tuple(x.shape)}"
             )
