@@ -1,0 +1,45 @@
+"""Datasets held in memory as tensors, and a batch stream for single- and multi-process training.
+
+Every dataset is an ``ImageDataset`` with images (N, C, H, W) float32 in [-1, 1] (plus labels, and masks
+for ``shapes``). ``build_dataset`` turns a config's name into one; ``TensorBatches`` serves shuffled batches
+on the device with the same order on every rank and after a resume.
+
+Example:
+    >>> from xai_train.data import TensorBatches, build_dataset
+    >>> dataset = build_dataset("digits", image_size=32, channels=1)
+    >>> batches = TensorBatches(dataset.images, batch_size=64, seed=0)
+    >>> batches.next().shape
+    torch.Size([64, 1, 32, 32])
+"""
+
+from xai_train.data.batches import TensorBatches
+from xai_train.data.build import DATASET_NAMES, build_dataset
+from xai_train.data.cifar import NumpyOnlyUnpickler, load_cifar10, read_cifar_batch
+from xai_train.data.convert import resize, set_channels, uint8_to_signed
+from xai_train.data.dataset import DataError, ImageDataset, derive_seed, random_indices
+from xai_train.data.digits import load_digits_dataset
+from xai_train.data.folder import load_image_folder
+from xai_train.data.idx import load_mnist, read_idx
+from xai_train.data.shapes import SHAPE_NAMES, make_shapes
+
+__all__ = [
+    "DATASET_NAMES",
+    "SHAPE_NAMES",
+    "DataError",
+    "ImageDataset",
+    "NumpyOnlyUnpickler",
+    "TensorBatches",
+    "build_dataset",
+    "derive_seed",
+    "load_cifar10",
+    "load_digits_dataset",
+    "load_image_folder",
+    "load_mnist",
+    "make_shapes",
+    "random_indices",
+    "read_cifar_batch",
+    "read_idx",
+    "resize",
+    "set_channels",
+    "uint8_to_signed",
+]
