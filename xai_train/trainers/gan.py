@@ -1,8 +1,8 @@
 """The GAN trainer: Accelerate, callbacks, checkpoints, TensorBoard.
 
 One ``step`` is one generator optimizer step. It runs ``d_steps_per_g_step`` discriminator updates, each
-over ``grad_accum_steps`` micro-batches inside ``accelerator.accumulate(G, D)``; the generator loss is
-computed on the micro-batches of the last discriminator update, reusing their fakes.
+over ``grad_accum_steps`` micro-batches inside ``accelerator.accumulate(G, D)``, then one generator update
+on the latents of the last discriminator update (so accumulation matches one big batch).
 """
 
 from __future__ import annotations
@@ -128,10 +128,10 @@ class GANTrainer:
 
     # --- pieces of a step -----------------------------------------------------------------------------
     def _latents(self) -> Tensor:
-        acc, batch = self.accelerator, self.config.batch_size
-        everyone = torch.randn(batch * acc.num_processes, self.latent_dim, generator=self.latent_rng)
-        rank = acc.process_index
-        return everyone[rank * batch : (rank + 1) * batch].to(acc.device)
+        """This rank's latents for the micro-batches of one update: (grad_accum_steps, B, latent_dim)."""
+        acc, batch, micro = self.accelerator, self.config.batch_size, self.config.grad_accum_steps
+        everyone = torch.randn(micro, acc.num_processes, batch, self.latent_dim, generator=self.latent_rng)
+        return everyone[:, acc.process_index].to(acc.device)
 
     def _discriminator_update(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         cfg, acc = self.config, self.accelerator
@@ -175,20 +175,32 @@ class GANTrainer:
         return {"g_loss": loss.detach()}
 
     def train_step(self) -> dict[str, Tensor]:
-        """One generator step (with its discriminator updates). Returns detached step statistics."""
+        """One generator step (with its discriminator updates). Returns detached step statistics.
+
+        Without accumulation the generator reuses the fakes of the last discriminator update (one G
+        forward). With accumulation, D first takes its step over all micro-batches, then G regenerates
+        the same fakes, so the result matches one big batch (at the cost of a second G forward).
+        """
         cfg, acc = self.config, self.accelerator
         stats: dict[str, Tensor] = {}
+        reuse_fakes = cfg.grad_accum_steps == 1
         for cycle in range(cfg.d_steps_per_g_step):
             last_cycle = cycle == cfg.d_steps_per_g_step - 1
-            for _ in range(cfg.grad_accum_steps):
+            latents = self._latents()
+            for micro in range(cfg.grad_accum_steps):
                 real = self.batches.next()
-                latents = self._latents()
                 with acc.accumulate(self.generator, self.discriminator):
-                    with torch.set_grad_enabled(last_cycle), acc.autocast():
-                        fake = self.generator(latents)
+                    with torch.set_grad_enabled(last_cycle and reuse_fakes), acc.autocast():
+                        fake = self.generator(latents[micro])
                     stats.update(self._discriminator_update(real, fake))
-                    if last_cycle:
+                    if last_cycle and reuse_fakes:
                         stats.update(self._generator_update(fake))
+        if not reuse_fakes:
+            for micro in range(cfg.grad_accum_steps):
+                with acc.accumulate(self.generator, self.discriminator):
+                    with acc.autocast():
+                        fake = self.generator(latents[micro])
+                    stats.update(self._generator_update(fake))
         return stats
 
     # --- sampling, checkpoints ------------------------------------------------------------------------
