@@ -6,7 +6,8 @@
     accelerate launch --multi_gpu --num_processes 4 recipes/train_gan.py --config configs/gan/dcgan_digits.yaml
     torchrun --nproc_per_node 2 recipes/train_gan.py --config configs/gan/dcgan_digits.yaml   # 2 CPU processes
 
-Outputs go to <run.output_dir>/<run.name>/: config.yaml, tensorboard/, samples/, samples.png, checkpoints/.
+Outputs go to <run.output_dir>/<run.name>/: config.yaml, tensorboard/, samples/, samples.png, checkpoints/,
+and with xai.enabled saliency_overlay.png (fakes with the discriminator's saliency as a heat map).
 """
 
 from __future__ import annotations
@@ -17,17 +18,46 @@ from pathlib import Path
 
 import torch
 
+from callbacks import SaliencyLogger, XAIGradientMask
 from xai_train.checkpoint import CheckpointError
 from xai_train.config import ConfigError, load_config, to_dict
 from xai_train.config.gan import GANExperiment
-from xai_train.data import DataError, build_dataset
+from xai_train.data import DataError, ImageDataset, build_dataset
 from xai_train.models import build_gan
 from xai_train.trainers import GANTrainer
 
 
-def build_callbacks(config: GANExperiment) -> list:
-    """The callbacks the config asks for (none yet for a vanilla GAN)."""
-    return []
+SHAP_METHODS = ("deeplift_shap", "gradient_shap")  # explain against real images as baselines
+
+
+def build_callbacks(config: GANExperiment, dataset: ImageDataset) -> list:
+    """The callbacks the ``xai`` section asks for: the gradient mask and its TensorBoard logger."""
+    xai = config.xai
+    if not xai.enabled:
+        return []
+    options = dict(xai.explainer_options)
+    if xai.method in SHAP_METHODS and "baselines" not in options:
+        pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.run.seed))
+        options["baselines"] = dataset.images[pick[: xai.reference_baselines]]
+    mask = XAIGradientMask(
+        xai.method,
+        options,
+        rule=xai.rule,
+        alpha=xai.alpha,
+        alpha_warmup_steps=xai.alpha_warmup_steps,
+        only_rejected=xai.only_rejected,
+        start_step=xai.start_step,
+        every_n_steps=xai.every_n_steps,
+        preset=xai.preset or None,
+        absolute=xai.absolute,
+        reduce=xai.reduce,
+        blur_sigma=xai.blur_sigma,
+        scope=xai.scope,
+    )
+    callbacks = [mask]
+    if xai.log_every > 0:
+        callbacks.append(SaliencyLogger(xai.log_every, source=mask))
+    return callbacks
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         discriminator,
         dataset.images,
         config.train,
-        callbacks=build_callbacks(config),
+        callbacks=build_callbacks(config, dataset),
         run_dir=Path(config.run.output_dir) / config.run.name,
         seed=config.run.seed,
         resume=config.run.resume,

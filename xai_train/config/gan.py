@@ -6,7 +6,7 @@ Each field has a default and a short reason. The trainer reads ``GANTrainConfig`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,31 @@ class GANTrainConfig:
 
 
 @dataclass(frozen=True)
+class XAIConfig:
+    """xAI-GAN: explanation-guided generator gradients (``callbacks.XAIGradientMask``)."""
+
+    enabled: bool = False
+    method: str = "grad"  # "grad" = free saliency from G's own backward (no extra cost); or a captum method
+    rule: Literal["scale", "product"] = "scale"  # scale: g*(1+alpha*M) (paper); product: g*M
+    alpha: float = 0.2  # the paper's value
+    alpha_warmup_steps: int = 0  # linear ramp of alpha from 0 after start_step
+    only_rejected: bool = False  # explain only fakes D rejects (D(fake) < 0.5); others keep their gradient
+    start_step: int = 0  # the paper switches on at half of training
+    every_n_steps: int = 1  # on other steps the gradient is left unchanged
+    preset: str = ""  # "reference" reproduces the paper code's semantics exactly (a reproduction aid)
+    absolute: bool = True  # |attribution| before normalising
+    reduce: Literal["max", "mean", "none"] = "max"  # channel reduction of the map
+    blur_sigma: float = 0.0  # Gaussian blur of the map, in pixels
+    scope: Literal["sample", "batch"] = "sample"  # min-max normalisation per image (default) or per batch
+    explainer_options: dict[str, Any] = field(default_factory=dict)  # passed to the explainer
+    reference_baselines: int = 8  # real images used as baselines by deeplift_shap / gradient_shap
+    log_every: int = 250  # saliency overlays + mask statistics in TensorBoard; 0 disables
+
+
+@dataclass(frozen=True)
 class GANExperiment:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: GANModelConfig = field(default_factory=GANModelConfig)
     train: GANTrainConfig = field(default_factory=GANTrainConfig)
+    xai: XAIConfig = field(default_factory=XAIConfig)
