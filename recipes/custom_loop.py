@@ -23,7 +23,9 @@ from xai_train.models import build_gan
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=32, help="DCGAN base width of G and D")
@@ -32,7 +34,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     accelerator = Accelerator()
     torch.manual_seed(0)
     images = build_dataset("digits", image_size=32).images
-    generator, discriminator = build_gan("dcgan", image_size=32, channels=1, g_width=args.width, d_width=args.width)
+    generator, discriminator = build_gan(
+        "dcgan", image_size=32, channels=1, g_width=args.width, d_width=args.width
+    )
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     generator, discriminator, opt_g, opt_d = accelerator.prepare(generator, discriminator, opt_g, opt_d)
@@ -54,7 +58,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         opt_d.step()
 
         d_fake = accelerator.unwrap_model(discriminator)(fake)
-        callbacks.on_generator_forward(state, fake, d_fake, accelerator.unwrap_model(discriminator))  # New Code #
+        callbacks.on_generator_forward(
+            state, fake, d_fake, accelerator.unwrap_model(discriminator)
+        )  # New Code #
         g_loss = F.softplus(-d_fake).mean()
         opt_g.zero_grad()
         accelerator.backward(g_loss)

@@ -26,7 +26,6 @@ from xai_train.data import DataError, ImageDataset, build_dataset
 from xai_train.models import build_gan
 from xai_train.trainers import GANTrainer
 
-
 SHAP_METHODS = ("deeplift_shap", "gradient_shap")  # explain against real images as baselines
 
 
@@ -61,7 +60,9 @@ def build_callbacks(config: GANExperiment, dataset: ImageDataset) -> list:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML config (defaults apply to missing keys)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
     args = parser.parse_args(argv)

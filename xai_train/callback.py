@@ -85,7 +85,10 @@ class TrainState:
             return
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
-                batch = {k: (v if v.dim() == 4 else v.unsqueeze(0)).detach().float().cpu() for k, v in images.items()}
+                batch = {
+                    k: (v if v.dim() == 4 else v.unsqueeze(0)).detach().float().cpu()
+                    for k, v in images.items()
+                }
                 tracker.log_images(batch, step=self.step if step is None else step)
 
     def request_stop(self) -> None:
@@ -185,7 +188,9 @@ class CallbackList:
         keys = [cb.state_key for cb in self.callbacks if cb.state_key is not None]
         duplicated = sorted({k for k in keys if keys.count(k) > 1})
         if duplicated:
-            raise ValueError(f"callbacks share the state_key {duplicated}; give each stateful callback its own key")
+            raise ValueError(
+                f"callbacks share the state_key {duplicated}; give each stateful callback its own key"
+            )
         self._registered_with: Accelerator | None = None
 
     def __iter__(self):
@@ -218,7 +223,9 @@ class CallbackList:
         grad_fn = compose_grad_fns(fns)
         if grad_fn is not None:
             if not fake.requires_grad:
-                raise RuntimeError("on_generator_forward: `fake` does not require grad; call it inside the G step")
+                raise RuntimeError(
+                    "on_generator_forward: `fake` does not require grad; call it inside the G step"
+                )
             fake.register_hook(grad_fn)
         return grad_fn
 

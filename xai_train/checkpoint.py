@@ -117,7 +117,9 @@ class CheckpointManager:
             return self.latest()
         path = Path(resume)
         if not path.is_dir():
-            raise CheckpointError(f"resume path '{path}' does not exist; pass a step_<N> folder or resume=auto")
+            raise CheckpointError(
+                f"resume path '{path}' does not exist; pass a step_<N> folder or resume=auto"
+            )
         if not (path / TRAINER_STATE_FILE).is_file():
             raise CheckpointError(
                 f"'{path}' is not a checkpoint (no {TRAINER_STATE_FILE}); pass a folder like "

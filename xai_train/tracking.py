@@ -45,7 +45,9 @@ def make_accelerator(
         raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
     project = None
     if run_dir is not None:
-        project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(Path(run_dir) / "tensorboard"))
+        project = ProjectConfiguration(
+            project_dir=str(run_dir), logging_dir=str(Path(run_dir) / "tensorboard")
+        )
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(

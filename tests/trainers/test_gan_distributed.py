@@ -14,8 +14,16 @@ WORKER = Path(__file__).with_name("dist_gan_worker.py")
 
 def launch(out: Path, processes: int, batch: int, steps: int, *extra: str) -> None:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-        str(WORKER), str(out), str(batch), str(steps), *extra,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        str(WORKER),
+        str(out),
+        str(batch),
+        str(steps),
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -35,4 +43,6 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, extra):
     # Gradients are averaged by gloo in another summation order: equal up to float rounding,
     # amplified a little by Adam's normalisation over 5 steps.
     for key in rank0:
-        torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5, msg=f"1 vs 2 processes: {key}")
+        torch.testing.assert_close(
+            rank0[key], single[key], rtol=1e-4, atol=1e-5, msg=f"1 vs 2 processes: {key}"
+        )

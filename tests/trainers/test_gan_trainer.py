@@ -58,7 +58,14 @@ def test_smoke_run_writes_the_run_directory(tmp_path, images):
     G, D = tiny_models()
     recorder = StepRecorder()
     trainer = GANTrainer(
-        G, D, images, config(), callbacks=[recorder], run_dir=tmp_path / "run", run_config={"a": {"b": 1}}, cpu=True
+        G,
+        D,
+        images,
+        config(),
+        callbacks=[recorder],
+        run_dir=tmp_path / "run",
+        run_config={"a": {"b": 1}},
+        cpu=True,
     )
     summary = trainer.train()
     run = tmp_path / "run"
@@ -92,30 +99,47 @@ def test_resume_equals_straight_run(tmp_path, images, arch):
 
     cfg = config(max_steps=6, checkpoint_every=3, sample_every=0, ema_decay=0.9)
     GANTrainer(*models(), images, cfg, run_dir=tmp_path / "straight", cpu=True).train()
-    first = GANTrainer(*models(), images, config(max_steps=3, checkpoint_every=3, sample_every=0, ema_decay=0.9),
-                       run_dir=tmp_path / "split", cpu=True)
+    first = GANTrainer(
+        *models(),
+        images,
+        config(max_steps=3, checkpoint_every=3, sample_every=0, ema_decay=0.9),
+        run_dir=tmp_path / "split",
+        cpu=True,
+    )
     first.train()
     recorder = StepRecorder()
-    resumed = GANTrainer(*models(), images, cfg, run_dir=tmp_path / "split", resume="auto", callbacks=[recorder],
-                         cpu=True)
+    resumed = GANTrainer(
+        *models(), images, cfg, run_dir=tmp_path / "split", resume="auto", callbacks=[recorder], cpu=True
+    )
     assert resumed.train()["steps"] == 6
     assert recorder.steps == [4, 5, 6]
     straight, split = final_weights(tmp_path / "straight"), final_weights(tmp_path / "split")
     assert straight.keys() == split.keys()
     for key in straight:
         assert torch.equal(straight[key], split[key]), key
-    ema_straight = torch.load(tmp_path / "straight/checkpoints/step_6/trainer_state.pt", weights_only=True)["ema"]
+    ema_straight = torch.load(tmp_path / "straight/checkpoints/step_6/trainer_state.pt", weights_only=True)[
+        "ema"
+    ]
     ema_split = torch.load(tmp_path / "split/checkpoints/step_6/trainer_state.pt", weights_only=True)["ema"]
-    for a, b in zip(ema_straight["shadow_params"], ema_split["shadow_params"]):
+    for a, b in zip(ema_straight["shadow_params"], ema_split["shadow_params"], strict=True):
         assert torch.equal(a, b)
 
 
 def test_callback_state_is_restored_on_resume(tmp_path, images):
     recorder = StepRecorder()
-    GANTrainer(*tiny_models(), images, config(max_steps=2), callbacks=[recorder], run_dir=tmp_path, cpu=True).train()
+    GANTrainer(
+        *tiny_models(), images, config(max_steps=2), callbacks=[recorder], run_dir=tmp_path, cpu=True
+    ).train()
     again = StepRecorder()
-    GANTrainer(*tiny_models(), images, config(max_steps=3), callbacks=[again], run_dir=tmp_path, resume="auto",
-               cpu=True).train()
+    GANTrainer(
+        *tiny_models(),
+        images,
+        config(max_steps=3),
+        callbacks=[again],
+        run_dir=tmp_path,
+        resume="auto",
+        cpu=True,
+    ).train()
     assert again.steps == [1, 2, 3]
 
 
@@ -123,10 +147,16 @@ def test_gradient_accumulation_matches_a_big_batch(images):
     """Two micro-batches of 16 accumulate to the gradient of one batch of 32 (BN-free models)."""
 
     def run(batch, accum):
-        trainer = GANTrainer(*tiny_models(norm="none"), images, config(batch_size=batch, grad_accum_steps=accum,
-                             max_steps=2), cpu=True)
+        trainer = GANTrainer(
+            *tiny_models(norm="none"),
+            images,
+            config(batch_size=batch, grad_accum_steps=accum, max_steps=2),
+            cpu=True,
+        )
         trainer.train()
-        return {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.generator).state_dict().items()}
+        return {
+            k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.generator).state_dict().items()
+        }
 
     big, accumulated = run(32, 1), run(16, 2)
     # Not bitwise: the latent noise and data come in the same order but are summed in two halves.
@@ -141,8 +171,13 @@ def test_d_steps_per_g_step_and_stop_request(images):
                 state.request_stop()
 
     recorder = StepRecorder()
-    trainer = GANTrainer(*tiny_models(), images, config(d_steps_per_g_step=2, max_steps=5), callbacks=[recorder,
-                         StopAtTwo()], cpu=True)
+    trainer = GANTrainer(
+        *tiny_models(),
+        images,
+        config(d_steps_per_g_step=2, max_steps=5),
+        callbacks=[recorder, StopAtTwo()],
+        cpu=True,
+    )
     assert trainer.train()["steps"] == 2
     assert recorder.roles == ["discriminator", "discriminator", "generator"] * 2
 
@@ -160,6 +195,8 @@ def test_bad_inputs(tmp_path, images):
         GANTrainer(*tiny_models(), images, config(d_steps_per_g_step=0), cpu=True)
     with pytest.raises(ValueError, match="mixed_precision"):
         GANTrainer(*tiny_models(), images, config(mixed_precision="fp8"), cpu=True)
-    trainer = GANTrainer(*tiny_models(), images, config(), run_dir=tmp_path, resume=str(tmp_path / "nope"), cpu=True)
+    trainer = GANTrainer(
+        *tiny_models(), images, config(), run_dir=tmp_path, resume=str(tmp_path / "nope"), cpu=True
+    )
     with pytest.raises(CheckpointError, match="does not exist"):
         trainer.train()

@@ -63,7 +63,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))]
         else:
             inner = args[0] if args else Any
             items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -121,7 +121,9 @@ def _set_dotted(tree: dict[str, Any], schema: type, dotted: str, value: Any) -> 
             node[part] = value
             return
         if not dataclasses.is_dataclass(fields[part]):
-            raise ConfigError(f"'{'.'.join(parts[: depth + 1])}' is a value, not a section; cannot set '{dotted}'")
+            raise ConfigError(
+                f"'{'.'.join(parts[: depth + 1])}' is a value, not a section; cannot set '{dotted}'"
+            )
         node = node.setdefault(part, {})
         node_schema = fields[part]
 

@@ -283,7 +283,11 @@ class GANTrainer:
             bar.update(1)
             if cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
                 self._sample_and_log()
-            if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0 and self.run_dir is not None:
+            if (
+                cfg.checkpoint_every > 0
+                and state.step % cfg.checkpoint_every == 0
+                and self.run_dir is not None
+            ):
                 self.save_checkpoint()
             if state.should_stop():
                 break
@@ -294,7 +298,12 @@ class GANTrainer:
                 self.save_checkpoint()
         self.callbacks.on_train_end(state)
         acc.end_training()
-        return {"steps": state.step, "median_step_time": self.timer.median(), "run_dir": self.run_dir, **last_logs}
+        return {
+            "steps": state.step,
+            "median_step_time": self.timer.median(),
+            "run_dir": self.run_dir,
+            **last_logs,
+        }
 
     def _scalars(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
         return {
@@ -304,5 +313,7 @@ class GANTrainer:
             "d_fake": torch.sigmoid(stats["d_fake"].float()).mean().item(),
             "lr_g": self.opt_g.param_groups[0]["lr"],
             "lr_d": self.opt_d.param_groups[0]["lr"],
-            "images_per_second": self.config.batch_size * self.accelerator.num_processes / max(self.timer.last, 1e-9),
+            "images_per_second": self.config.batch_size
+            * self.accelerator.num_processes
+            / max(self.timer.last, 1e-9),
         }
