@@ -18,14 +18,12 @@ from accelerate import Accelerator
 
 from callbacks import XAIGradientMask
 from xai_train import CallbackList, TrainState
-from xai_train.data import build_dataset
+from xai_train.data import TensorBatches, build_dataset
 from xai_train.models import build_gan
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=32, help="DCGAN base width of G and D")
@@ -34,20 +32,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     accelerator = Accelerator()
     torch.manual_seed(0)
     images = build_dataset("digits", image_size=32).images
-    generator, discriminator = build_gan(
-        "dcgan", image_size=32, channels=1, g_width=args.width, d_width=args.width
-    )
+    generator, discriminator = build_gan("dcgan", image_size=32, channels=1, g_width=args.width, d_width=args.width)
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     generator, discriminator, opt_g, opt_d = accelerator.prepare(generator, discriminator, opt_g, opt_d)
+    batches = TensorBatches(
+        images,
+        args.batch_size,
+        seed=0,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        device=accelerator.device,
+    )
     callbacks = CallbackList([XAIGradientMask(method="grad", alpha=0.2)])  # New Code #
     state = TrainState(accelerator, max_steps=args.steps)  # New Code #
 
     for step in range(args.steps):
-        index = torch.randint(0, len(images), (args.batch_size,))
-        real = images[index].float().to(accelerator.device)
-        if real.max() > 1:  # uint8 storage -> [-1, 1]
-            real = real / 127.5 - 1
+        real = batches.next()
         latents = torch.randn(args.batch_size, 100, device=accelerator.device)
         fake = generator(latents)
 
@@ -57,10 +58,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         accelerator.backward(d_loss)
         opt_d.step()
 
-        d_fake = accelerator.unwrap_model(discriminator)(fake)
-        callbacks.on_generator_forward(
-            state, fake, d_fake, accelerator.unwrap_model(discriminator)
-        )  # New Code #
+        critic = accelerator.unwrap_model(discriminator)  # no DDP sync: only G's gradient is wanted here
+        d_fake = critic(fake)
+        callbacks.on_generator_forward(state, fake, d_fake, critic)  # New Code #
         g_loss = F.softplus(-d_fake).mean()
         opt_g.zero_grad()
         accelerator.backward(g_loss)

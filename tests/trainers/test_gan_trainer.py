@@ -117,9 +117,7 @@ def test_resume_equals_straight_run(tmp_path, images, arch):
     assert straight.keys() == split.keys()
     for key in straight:
         assert torch.equal(straight[key], split[key]), key
-    ema_straight = torch.load(tmp_path / "straight/checkpoints/step_6/trainer_state.pt", weights_only=True)[
-        "ema"
-    ]
+    ema_straight = torch.load(tmp_path / "straight/checkpoints/step_6/trainer_state.pt", weights_only=True)["ema"]
     ema_split = torch.load(tmp_path / "split/checkpoints/step_6/trainer_state.pt", weights_only=True)["ema"]
     for a, b in zip(ema_straight["shadow_params"], ema_split["shadow_params"], strict=True):
         assert torch.equal(a, b)
@@ -127,9 +125,7 @@ def test_resume_equals_straight_run(tmp_path, images, arch):
 
 def test_callback_state_is_restored_on_resume(tmp_path, images):
     recorder = StepRecorder()
-    GANTrainer(
-        *tiny_models(), images, config(max_steps=2), callbacks=[recorder], run_dir=tmp_path, cpu=True
-    ).train()
+    GANTrainer(*tiny_models(), images, config(max_steps=2), callbacks=[recorder], run_dir=tmp_path, cpu=True).train()
     again = StepRecorder()
     GANTrainer(
         *tiny_models(),
@@ -154,9 +150,7 @@ def test_gradient_accumulation_matches_a_big_batch(images):
             cpu=True,
         )
         trainer.train()
-        return {
-            k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.generator).state_dict().items()
-        }
+        return {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.generator).state_dict().items()}
 
     big, accumulated = run(32, 1), run(16, 2)
     # Not bitwise: the latent noise and data come in the same order but are summed in two halves.
@@ -195,8 +189,25 @@ def test_bad_inputs(tmp_path, images):
         GANTrainer(*tiny_models(), images, config(d_steps_per_g_step=0), cpu=True)
     with pytest.raises(ValueError, match="mixed_precision"):
         GANTrainer(*tiny_models(), images, config(mixed_precision="fp8"), cpu=True)
-    trainer = GANTrainer(
-        *tiny_models(), images, config(), run_dir=tmp_path, resume=str(tmp_path / "nope"), cpu=True
-    )
+    trainer = GANTrainer(*tiny_models(), images, config(), run_dir=tmp_path, resume=str(tmp_path / "nope"), cpu=True)
     with pytest.raises(CheckpointError, match="does not exist"):
         trainer.train()
+
+
+def test_nan_images_and_nan_losses_are_clear_errors(tmp_path, images):
+    broken = images.clone()
+    broken[3, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        GANTrainer(*tiny_models(), broken, config(), cpu=True)
+    trainer = GANTrainer(*tiny_models(), images, config(lr_d=float("inf")), run_dir=tmp_path, cpu=True)
+    with pytest.raises(FloatingPointError, match="non-finite training values at step 1"):
+        trainer.train()
+
+
+def test_bf16_mixed_precision_on_cpu(images):
+    trainer = GANTrainer(*tiny_models(), images, config(mixed_precision="bf16", max_steps=2), cpu=True)
+    summary = trainer.train()
+    assert summary["steps"] == 2
+    assert all(torch.isfinite(torch.tensor(summary[k])) for k in ("d_loss", "g_loss"))
+    G = trainer.accelerator.unwrap_model(trainer.generator)
+    assert all(p.dtype == torch.float32 for p in G.parameters())  # master weights stay fp32

@@ -8,6 +8,7 @@ on the latents of the last discriminator update (so accumulation matches one big
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ class GANTrainer:
     ):
         if config.d_steps_per_g_step < 1:
             raise ValueError(f"d_steps_per_g_step must be >= 1, got {config.d_steps_per_g_step}")
+        if images.is_floating_point() and not torch.isfinite(images).all():
+            raise ValueError("the training images contain NaN or inf values; clean the dataset before training")
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
@@ -276,6 +279,7 @@ class GANTrainer:
             logs = {"step_time": self.timer.last}
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
                 logs.update(self._scalars(stats))
+                self._check_finite(logs)
                 state.log_scalars(logs)
                 bar.set_postfix(d=f"{logs['d_loss']:.3f}", g=f"{logs['g_loss']:.3f}", refresh=False)
                 last_logs = logs
@@ -283,11 +287,7 @@ class GANTrainer:
             bar.update(1)
             if cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
                 self._sample_and_log()
-            if (
-                cfg.checkpoint_every > 0
-                and state.step % cfg.checkpoint_every == 0
-                and self.run_dir is not None
-            ):
+            if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0 and self.run_dir is not None:
                 self.save_checkpoint()
             if state.should_stop():
                 break
@@ -305,6 +305,15 @@ class GANTrainer:
             **last_logs,
         }
 
+    def _check_finite(self, logs: Mapping[str, float]) -> None:
+        bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
+        if bad:
+            latest = self.checkpoints.latest() if self.run_dir is not None else None
+            raise FloatingPointError(
+                f"non-finite training values at step {self.state.step}: {bad}; last good checkpoint: {latest}. "
+                "Lower the learning rates, enable train.clip_grad_norm_g/_d, or use mixed_precision=no."
+            )
+
     def _scalars(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
         return {
             "d_loss": stats["d_loss"].item(),
@@ -313,7 +322,5 @@ class GANTrainer:
             "d_fake": torch.sigmoid(stats["d_fake"].float()).mean().item(),
             "lr_g": self.opt_g.param_groups[0]["lr"],
             "lr_d": self.opt_d.param_groups[0]["lr"],
-            "images_per_second": self.config.batch_size
-            * self.accelerator.num_processes
-            / max(self.timer.last, 1e-9),
+            "images_per_second": self.config.batch_size * self.accelerator.num_processes / max(self.timer.last, 1e-9),
         }
