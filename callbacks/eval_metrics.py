@@ -12,8 +12,9 @@ batches of ``batch_size``, batch ``b`` seeded by ``(seed, b)``; each rank runs a
 so the sample set (and its order) is the same for any number of processes. Real features are computed once,
 each rank its contiguous share, and kept.
 
-Keeping the best checkpoint: ``best_step`` is the same on every rank, so a loop saves it with a collective
-right after ``on_step_end``::
+Keeping the best checkpoint: on an improvement the callback calls ``state.request_checkpoint("best")`` (the
+decision is the same on every rank); the trainers then save ``checkpoints/best``. A hand-written loop can do
+the same with ``best_step``, the same on every rank, right after ``on_step_end``::
 
     callbacks.on_step_end(state, logs)
     if eval_metrics.best_step == state.step:
@@ -256,6 +257,7 @@ class EvalMetrics(Callback):
         }
         if improved:
             self.best_step, self.best_value, self.best_metrics = state.step, value, dict(record)
+            state.request_checkpoint("best")
         self.last_step, self.last_metrics = state.step, record
         state.log_scalars({**tagged_scalars(results), "eval/time_s": record["eval_time_s"]}, step=state.step)
         if state.is_main_process and state.run_dir is not None:

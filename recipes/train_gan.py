@@ -7,7 +7,8 @@
     torchrun --nproc_per_node 2 recipes/train_gan.py --config configs/gan/dcgan_digits.yaml   # 2 CPU processes
 
 Outputs go to <run.output_dir>/<run.name>/: config.yaml, tensorboard/, samples/, samples.png, checkpoints/,
-and with xai.enabled saliency_overlay.png (fakes with the discriminator's saliency as a heat map).
+with xai.enabled saliency_overlay.png (fakes with the discriminator's saliency as a heat map), and with
+eval.enabled metrics.jsonl, best.json and checkpoints/best/.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from callbacks import SaliencyLogger, XAIGradientMask
+from callbacks import EvalMetrics, SaliencyLogger, XAIGradientMask
 from xai_train.checkpoint import CheckpointError
 from xai_train.config import ConfigError, load_config, to_dict
 from xai_train.config.gan import GANExperiment
@@ -30,7 +31,29 @@ SHAP_METHODS = ("deeplift_shap", "gradient_shap")  # explain against real images
 
 
 def build_callbacks(config: GANExperiment, dataset: ImageDataset) -> list:
-    """The callbacks the ``xai`` section asks for: the gradient mask and its TensorBoard logger."""
+    """The callbacks the config asks for: the xAI gradient mask, its logger, and the metrics."""
+    callbacks = build_xai_callbacks(config, dataset)
+    evaluation, data = config.eval, config.data
+    if evaluation.enabled:
+        callbacks.append(
+            EvalMetrics(
+                data.name,  # the metrics compare against the whole dataset, also when data.fraction < 1
+                root=data.root or None,
+                image_size=data.image_size,
+                channels=data.channels,
+                every_n_steps=evaluation.every_n_steps,
+                num_samples=evaluation.num_samples,
+                metrics=evaluation.metrics,
+                monitor=evaluation.monitor,
+                batch_size=evaluation.batch_size,
+                seed=config.run.seed,
+            )
+        )
+    return callbacks
+
+
+def build_xai_callbacks(config: GANExperiment, dataset: ImageDataset) -> list:
+    """The gradient mask and its TensorBoard logger, if ``xai.enabled``."""
     xai = config.xai
     if not xai.enabled:
         return []
@@ -60,9 +83,7 @@ def build_callbacks(config: GANExperiment, dataset: ImageDataset) -> list:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (defaults apply to missing keys)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
     args = parser.parse_args(argv)

@@ -60,3 +60,16 @@ def test_checkpoint_files_load_with_weights_only(setup):
     for file in path.iterdir():
         if file.suffix in (".pt", ".bin"):
             torch.load(file, weights_only=True)
+
+
+def test_named_checkpoints_are_kept_apart(setup):
+    _, _, manager = setup
+    manager.save(1, {"step": 1})
+    manager.save(1, {"step": 1}, name="best")
+    for step in (2, 3, 4):
+        manager.save(step, {"step": step})
+    assert [p.name for p in manager.checkpoints()] == ["step_3", "step_4"]
+    assert (manager.directory / "best" / "trainer_state.pt").is_file()
+    assert manager.resolve("auto").name == "step_4"
+    with pytest.raises(ValueError, match="looks like a step folder"):
+        manager.save(5, {"step": 5}, name="step_9")

@@ -67,6 +67,7 @@ class TrainState:
     epoch: int = 0
     run_dir: Path | None = None
     stop_requested: bool = False
+    checkpoint_requests: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def is_main_process(self) -> bool:
@@ -85,16 +86,21 @@ class TrainState:
             return
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
-                batch = {
-                    k: (v if v.dim() == 4 else v.unsqueeze(0)).detach().float().cpu()
-                    for k, v in images.items()
-                }
+                batch = {k: (v if v.dim() == 4 else v.unsqueeze(0)).detach().float().cpu() for k, v in images.items()}
                 tracker.log_images(batch, step=self.step if step is None else step)
 
     def request_stop(self) -> None:
         """Asks every rank to stop after this step (goes through ``accelerator.set_trigger``)."""
         self.stop_requested = True
         self.accelerator.set_trigger()
+
+    def request_checkpoint(self, name: str) -> None:
+        """Asks the trainer to save a named checkpoint (e.g. "best") after this hook round.
+
+        Saving is collective: call it on every rank alike (decide from values all ranks agree on).
+        """
+        if name not in self.checkpoint_requests:
+            self.checkpoint_requests.append(name)
 
     def should_stop(self) -> bool:
         """True on every rank once any rank called ``request_stop`` (a collective: call it on all ranks)."""
@@ -188,9 +194,7 @@ class CallbackList:
         keys = [cb.state_key for cb in self.callbacks if cb.state_key is not None]
         duplicated = sorted({k for k in keys if keys.count(k) > 1})
         if duplicated:
-            raise ValueError(
-                f"callbacks share the state_key {duplicated}; give each stateful callback its own key"
-            )
+            raise ValueError(f"callbacks share the state_key {duplicated}; give each stateful callback its own key")
         self._registered_with: Accelerator | None = None
 
     def __iter__(self):
@@ -223,9 +227,7 @@ class CallbackList:
         grad_fn = compose_grad_fns(fns)
         if grad_fn is not None:
             if not fake.requires_grad:
-                raise RuntimeError(
-                    "on_generator_forward: `fake` does not require grad; call it inside the G step"
-                )
+                raise RuntimeError("on_generator_forward: `fake` does not require grad; call it inside the G step")
             fake.register_hook(grad_fn)
         return grad_fn
 

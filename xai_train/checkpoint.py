@@ -59,19 +59,24 @@ class CheckpointManager:
         found = self.checkpoints()
         return found[-1] if found else None
 
-    def save(self, step: int, trainer_state: Mapping[str, Any]) -> Path:
-        """Writes checkpoint ``step_<step>``; call on every rank.
+    def save(self, step: int, trainer_state: Mapping[str, Any], name: str | None = None) -> Path:
+        """Writes checkpoint ``step_<step>`` (or ``<name>``); call on every rank.
 
         Args:
             step: the optimizer step the checkpoint holds.
             trainer_state: tensors and plain values (no custom classes) the trainer needs to resume.
+            name: a fixed folder name such as "best"; named checkpoints are never pruned and never
+                picked by ``resume=auto``.
 
         Returns:
             The final checkpoint folder.
         """
         accelerator = self.accelerator
-        final = self.directory / f"step_{step}"
-        tmp = self.directory / f".tmp_step_{step}"
+        folder = name or f"step_{step}"
+        if name is not None and _STEP_DIR.match(name):
+            raise ValueError(f"checkpoint name '{name}' looks like a step folder; choose another name")
+        final = self.directory / folder
+        tmp = self.directory / f".tmp_{folder}"
         if accelerator.is_main_process:
             self.directory.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -84,7 +89,7 @@ class CheckpointManager:
         if accelerator.is_main_process:
             if final.exists():
                 # Same step saved twice (e.g. a resumed run): move the old one aside before replacing it.
-                old = self.directory / f".old_step_{step}"
+                old = self.directory / f".old_{folder}"
                 shutil.rmtree(old, ignore_errors=True)
                 final.rename(old)
                 tmp.rename(final)
@@ -117,9 +122,7 @@ class CheckpointManager:
             return self.latest()
         path = Path(resume)
         if not path.is_dir():
-            raise CheckpointError(
-                f"resume path '{path}' does not exist; pass a step_<N> folder or resume=auto"
-            )
+            raise CheckpointError(f"resume path '{path}' does not exist; pass a step_<N> folder or resume=auto")
         if not (path / TRAINER_STATE_FILE).is_file():
             raise CheckpointError(
                 f"'{path}' is not a checkpoint (no {TRAINER_STATE_FILE}); pass a folder like "

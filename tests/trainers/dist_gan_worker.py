@@ -26,9 +26,7 @@ def main() -> None:
         "dcgan", image_size=32, channels=1, g_width=8, d_width=8, g_norm="none", d_norm="none"
     )
     images = torch.rand(128, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    config = GANTrainConfig(
-        batch_size=batch, max_steps=steps, log_every=1, sample_every=0, checkpoint_every=0
-    )
+    config = GANTrainConfig(batch_size=batch, max_steps=steps, log_every=1, sample_every=0, checkpoint_every=0)
     trainer = GANTrainer(generator, discriminator, images, config, callbacks=callbacks, seed=0, cpu=True)
     trainer.train()
     acc = trainer.accelerator

@@ -43,6 +43,4 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, extra):
     # Gradients are averaged by gloo in another summation order: equal up to float rounding,
     # amplified a little by Adam's normalisation over 5 steps.
     for key in rank0:
-        torch.testing.assert_close(
-            rank0[key], single[key], rtol=1e-4, atol=1e-5, msg=f"1 vs 2 processes: {key}"
-        )
+        torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5, msg=f"1 vs 2 processes: {key}")

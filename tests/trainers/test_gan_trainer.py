@@ -1,5 +1,6 @@
 """GAN trainer: smoke run, run directory contents, resume equivalence, accumulation, bad input."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,7 @@ def test_smoke_run_writes_the_run_directory(tmp_path, images):
     summary = trainer.train()
     run = tmp_path / "run"
     assert summary["steps"] == 4
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 4
     assert recorder.steps == [1, 2, 3, 4] and recorder.started == recorder.ended == 1
     assert recorder.roles == ["discriminator", "generator"] * 4
     assert (run / "config.yaml").read_text().startswith("a:")
@@ -211,3 +213,14 @@ def test_bf16_mixed_precision_on_cpu(images):
     assert all(torch.isfinite(torch.tensor(summary[k])) for k in ("d_loss", "g_loss"))
     G = trainer.accelerator.unwrap_model(trainer.generator)
     assert all(p.dtype == torch.float32 for p in G.parameters())  # master weights stay fp32
+
+
+def test_callbacks_can_request_named_checkpoints(tmp_path, images):
+    class BestAtThree(Callback):
+        def on_step_end(self, state, logs):
+            if state.step == 3:
+                state.request_checkpoint("best")
+
+    GANTrainer(*tiny_models(), images, config(), callbacks=[BestAtThree()], run_dir=tmp_path, cpu=True).train()
+    best = torch.load(tmp_path / "checkpoints" / "best" / "trainer_state.pt", weights_only=True)
+    assert best["step"] == 3

@@ -85,9 +85,22 @@ class XAIConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Sample-quality metrics during training (``callbacks.EvalMetrics``), written to metrics.jsonl."""
+
+    enabled: bool = False
+    every_n_steps: int = 500  # plus once at the end
+    num_samples: int = 2048  # FD on fewer than ~5k samples is biased upward: compare at equal counts
+    metrics: tuple[str, ...] = ("fd", "kid")  # fd | kid | pr (precision/recall)
+    monitor: str = "fd"  # the metric that picks checkpoints/best
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
 class GANExperiment:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: GANModelConfig = field(default_factory=GANModelConfig)
     train: GANTrainConfig = field(default_factory=GANTrainConfig)
     xai: XAIConfig = field(default_factory=XAIConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -8,7 +8,9 @@ on the latents of the last discriminator update (so accumulation matches one big
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,8 @@ class GANTrainer:
             run_dir=self.run_dir,
         )
         self.timer = StepTimer()
+        self._seconds_before = 0.0  # training time of earlier runs this one resumed from
+        self._started = time.perf_counter()
 
     # --- pieces of a step -----------------------------------------------------------------------------
     def _latents(self) -> Tensor:
@@ -240,6 +244,7 @@ class GANTrainer:
             "epoch": self.batches.epoch,
             "batches": self.batches.state_dict(),
             "latent_rng": self.latent_rng.get_state(),
+            "train_seconds": self.train_seconds(),
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -250,24 +255,38 @@ class GANTrainer:
         self.batches.load_state_dict(state["batches"])
         self.state.epoch = self.batches.epoch
         self.latent_rng.set_state(state["latent_rng"])
+        self._seconds_before = float(state.get("train_seconds", 0.0))
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
 
-    def save_checkpoint(self) -> Path:
-        return self.checkpoints.save(self.state.step, self.trainer_state())
+    def train_seconds(self) -> float:
+        """Wall-clock seconds spent training this run so far, across resumes."""
+        return self._seconds_before + time.perf_counter() - self._started
+
+    def save_checkpoint(self, name: str | None = None) -> Path:
+        return self.checkpoints.save(self.state.step, self.trainer_state(), name=name)
+
+    def _save_requested_checkpoints(self) -> None:
+        """Saves what callbacks asked for with ``state.request_checkpoint`` (e.g. "best")."""
+        requests, self.state.checkpoint_requests = self.state.checkpoint_requests, []
+        if self.run_dir is not None:
+            for name in requests:
+                self.save_checkpoint(name)
 
     # --- the loop -----------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Runs until ``max_steps`` (or a callback's stop request). Returns a summary.
 
         Returns:
-            ``{"steps", "median_step_time", "run_dir", and the last logged scalars}``.
+            ``steps``, ``max_steps``, ``median_step_time``, ``train_seconds`` (across resumes), ``processes``,
+            ``run_dir`` and the last logged scalars; also written to ``<run_dir>/summary.json``.
         """
         cfg, acc, state = self.config, self.accelerator, self.state
         checkpoint = self.checkpoints.resolve(self.resume)
         if checkpoint is not None:
             self.load_trainer_state(self.checkpoints.load(checkpoint))
             acc.print(f"resumed from {checkpoint} at step {state.step}")
+        self._started = time.perf_counter()
         self.callbacks.on_train_start(state)
         bar = progress_bar(acc, cfg.max_steps, initial=state.step)
         last_logs: dict[str, float] = {}
@@ -284,6 +303,7 @@ class GANTrainer:
                 bar.set_postfix(d=f"{logs['d_loss']:.3f}", g=f"{logs['g_loss']:.3f}", refresh=False)
                 last_logs = logs
             self.callbacks.on_step_end(state, logs)
+            self._save_requested_checkpoints()
             bar.update(1)
             if cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
                 self._sample_and_log()
@@ -294,16 +314,24 @@ class GANTrainer:
         bar.close()
         if self.run_dir is not None:
             self._sample_and_log(final=True)
-            if not (self.checkpoints.latest() or Path()).name == f"step_{state.step}":
+            if (self.checkpoints.latest() or Path()).name != f"step_{state.step}":
                 self.save_checkpoint()
         self.callbacks.on_train_end(state)
+        self._save_requested_checkpoints()
         acc.end_training()
-        return {
+        summary = {
             "steps": state.step,
+            "max_steps": cfg.max_steps,
             "median_step_time": self.timer.median(),
-            "run_dir": self.run_dir,
+            "train_seconds": self.train_seconds(),
+            "processes": acc.num_processes,
             **last_logs,
         }
+        if self.run_dir is not None and acc.is_main_process:
+            tmp = self.run_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2))
+            tmp.replace(self.run_dir / "summary.json")
+        return {**summary, "run_dir": self.run_dir}
 
     def _check_finite(self, logs: Mapping[str, float]) -> None:
         bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
