@@ -79,9 +79,7 @@ def test_configs_are_frozen():
 
 
 def test_save_and_reload_round_trip(tmp_path):
-    cfg = load_config(
-        GANExperiment, overrides=["train.max_steps=3", "data.name=shapes", "train.betas=[0.5, 0.99]"]
-    )
+    cfg = load_config(GANExperiment, overrides=["train.max_steps=3", "data.name=shapes", "train.betas=[0.5, 0.99]"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(GANExperiment, tmp_path / "config.yaml") == cfg
     assert to_dict(cfg)["train"]["betas"] == [0.5, 0.99]

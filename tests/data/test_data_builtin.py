@@ -69,9 +69,7 @@ def test_shapes_are_deterministic_for_a_seed_and_leave_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected_next)
     b = make_shapes(64, image_size=16, channels=3, seed=5)
     c = make_shapes(64, image_size=16, channels=3, seed=6)
-    assert (
-        torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks) and torch.equal(a.labels, b.labels)
-    )
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks) and torch.equal(a.labels, b.labels)
     assert not torch.equal(a.images, c.images) and not torch.equal(a.masks, c.masks)
 
 

@@ -50,10 +50,7 @@ def test_read_idx_parses_the_header_and_big_endian_values(tmp_path):
     array = read_idx(path)
     assert array.shape == (2, 2) and array.tolist() == values.tolist()
     floats = np.linspace(0, 1, 5, dtype=np.float32)
-    assert (
-        read_idx(write_idx(tmp_path / "f.gz", floats, type_byte=0x0D, compress=True)).tolist()
-        == floats.tolist()
-    )
+    assert read_idx(write_idx(tmp_path / "f.gz", floats, type_byte=0x0D, compress=True)).tolist() == floats.tolist()
 
 
 def test_mnist_values_labels_and_resizing(tmp_path):
@@ -150,9 +147,7 @@ def test_cifar_pixels_labels_and_layouts(tmp_path, protocol):
 
 
 def test_cifar_numpy_1_module_paths_and_str_keys_load(tmp_path):
-    blob = pickle.dumps(cifar_batch(0), protocol=2).replace(
-        b"numpy._core.multiarray", b"numpy.core.multiarray"
-    )
+    blob = pickle.dumps(cifar_batch(0), protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     (tmp_path / "old").write_bytes(blob)
     pixels, labels = read_cifar_batch(tmp_path / "old")
     assert pixels.shape == (2, 3, 32, 32) and labels.tolist() == [0, 1]
@@ -176,9 +171,7 @@ def test_cifar_refuses_code_in_pickles_and_reports_bad_files(tmp_path):
     batch = cifar_batch(0)
     batch[b"labels"] = Trap(target)
     (tmp_path / "data_batch_1").write_bytes(pickle.dumps(batch))
-    with pytest.raises(
-        DataError, match=r"cannot read CIFAR-10 batch .*data_batch_1: refusing to load pathlib"
-    ):
+    with pytest.raises(DataError, match=r"cannot read CIFAR-10 batch .*data_batch_1: refusing to load pathlib"):
         load_cifar10(tmp_path)
     assert not target.exists()
     (tmp_path / "data_batch_1").write_bytes(pickle.dumps(cifar_batch(0)))
@@ -193,9 +186,7 @@ def test_cifar_refuses_code_in_pickles_and_reports_bad_files(tmp_path):
     (tmp_path / "shape").write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
     with pytest.raises(DataError, match=r"shape: 'data' is uint8 \(2, 100\)"):
         read_cifar_batch(tmp_path / "shape")
-    (tmp_path / "labels").write_bytes(
-        pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]})
-    )
+    (tmp_path / "labels").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}))
     with pytest.raises(DataError, match="'labels' must be 2 integers in 0..9"):
         read_cifar_batch(tmp_path / "labels")
     (tmp_path / "junk").write_bytes(b"\x80\x04not a pickle")
@@ -219,9 +210,7 @@ def test_folder_labels_colours_and_centre_crop(tmp_path):
     assert ds.images.shape == (3, 3, 16, 16) and ds.class_names == ("red", "split")
     assert ds.labels.tolist() == [0, 0, 1]  # sorted paths: red/a.png, red/deeper/b.PNG, split/c.jpg
     red = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)
-    assert torch.equal(ds.images[0], red.expand(3, 16, 16)) and torch.equal(
-        ds.images[1], red.expand(3, 16, 16)
-    )
+    assert torch.equal(ds.images[0], red.expand(3, 16, 16)) and torch.equal(ds.images[1], red.expand(3, 16, 16))
     # 40x20 -> 32x16, centre crop keeps columns 8..23: the black/white edge stays in the middle.
     split = ds.images[2].mean(0)
     assert split[:, :6].max() < -0.9 and split[:, 10:].min() > 0.9
