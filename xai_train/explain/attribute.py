@@ -1,0 +1,135 @@
+"""``attribute``: one entry point for every explainer of D's real/fake logit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from torch import Tensor, nn
+
+from xai_train.explain.base import (
+    BN_MODES,
+    OUTPUTS,
+    ScoreModel,
+    check_grad_allowed,
+    check_images,
+    check_options,
+    explaining,
+)
+from xai_train.explain.deeplift import deeplift, deeplift_shap
+from xai_train.explain.gradcam import gradcam
+from xai_train.explain.gradient import input_x_gradient, saliency
+from xai_train.explain.gradient_shap import gradient_shap
+from xai_train.explain.integrated_gradients import integrated_gradients
+from xai_train.explain.kernel_shap import kernel_shap
+from xai_train.explain.lime import lime
+from xai_train.explain.occlusion import occlusion
+from xai_train.explain.smoothgrad import smoothgrad
+
+METHODS: MappingProxyType[str, Callable[..., Tensor]] = MappingProxyType(
+    {
+        "saliency": saliency,
+        "input_x_gradient": input_x_gradient,
+        "integrated_gradients": integrated_gradients,
+        "deeplift": deeplift,
+        "deeplift_shap": deeplift_shap,
+        "gradient_shap": gradient_shap,
+        "smoothgrad": smoothgrad,
+        "gradcam": gradcam,
+        "occlusion": occlusion,
+        "lime": lime,
+        "kernel_shap": kernel_shap,
+    }
+)
+"""Explainer name -> function ``(score_model, images, **options) -> (B, C, H, W)``; read-only."""
+
+
+def check_method(method: str, options: Mapping[str, object] | None = None) -> Callable[..., Tensor]:
+    """The explainer called ``method``, after checking the name and (if given) ``attribute``'s options.
+
+    Lets a caller that explains later (a callback switching on at half of training) fail at once.
+
+    Args:
+        method: an explainer name.
+        options: keyword options as ``attribute`` would receive them (``bn_mode``, ``output`` and the
+            method's own).
+
+    Returns:
+        The method's function.
+
+    Raises:
+        ValueError: unknown method, ``bn_mode`` or ``output``.
+        TypeError: an option the method does not take.
+
+    Example:
+        >>> check_method("integrated_gradients", {"n_steps": 8, "bn_mode": "eval"}).__name__
+        'integrated_gradients'
+    """
+    try:
+        fn = METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown explainer {method!r}; choose one of: {', '.join(METHODS)}") from None
+    if options is not None:
+        own = dict(options)
+        bn_mode, output = own.pop("bn_mode", BN_MODES[0]), own.pop("output", OUTPUTS[0])
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of: {', '.join(BN_MODES)}")
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
+        check_options(method, fn, own)
+    return fn
+
+
+def attribute(
+    discriminator: nn.Module,
+    images: Tensor,
+    method: str,
+    *,
+    bn_mode: str = "eval",
+    output: str = "logit",
+    **options: object,
+) -> Tensor:
+    """Explains D's score of each image with one of :data:`METHODS`, batched, leaving D as it was.
+
+    Pass the unwrapped D (``accelerator.unwrap_model(D)``) and ``fake.detach()``. D is put in eval mode
+    (or keeps train mode with BatchNorm momentum 0, ``bn_mode="freeze_stats"``) for the call; its modes,
+    BatchNorm statistics, ``requires_grad`` flags, ``.grad`` and hooks are as before afterwards (see
+    ``xai_train.explain.base``). Works under ``torch.no_grad()``; ``torch.inference_mode()`` is an error.
+
+    Args:
+        discriminator: D, images (B, C, H, W) -> logits (B, 1).
+        images: (B, C, H, W) batch to explain (not modified; its autograd history is ignored).
+        method: one of :data:`METHODS`.
+        bn_mode: ``"eval"`` (default) or ``"freeze_stats"``.
+        output: explain the ``"logit"`` (default) or the ``"probability"`` sigmoid(logit).
+        **options: the method's own options (see each method's function); unknown ones are an error.
+
+    Returns:
+        (B, C, H, W) attributions, detached, on the images' device.
+
+    Raises:
+        ValueError: unknown method, bad images, or a D the method cannot explain.
+        TypeError: an option the method does not take.
+        RuntimeError: under ``torch.inference_mode()``.
+
+    Example:
+        >>> import torch
+        >>> D = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.LeakyReLU(), nn.Flatten(), nn.Linear(64, 1))
+        >>> attribute(D, torch.randn(2, 1, 4, 4), "saliency").shape
+        torch.Size([2, 1, 4, 4])
+    """
+    fn = check_method(method, {"bn_mode": bn_mode, "output": output, **options})
+    check_images(images)
+    check_grad_allowed("attribute()")
+    images = images.detach()
+    if images.is_inference():
+        images = images.clone()  # an inference tensor cannot enter autograd; a clone outside the mode can
+    images.requires_grad_(True)  # a fresh leaf: the caller's tensor is untouched
+    model = ScoreModel(discriminator, output)
+    with explaining(discriminator, bn_mode):
+        attributions = fn(model, images, **options)
+    if tuple(attributions.shape) != tuple(images.shape):
+        raise RuntimeError(
+            f"explainer {method!r} returned shape {tuple(attributions.shape)} for images {tuple(images.shape)}"
+        )
+    return attributions.detach()
