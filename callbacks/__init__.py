@@ -4,7 +4,11 @@ Built only on ``xai_train``'s public API.
 """
 
 from callbacks.eval_metrics import EvalMetrics
+from callbacks.importance_noise_schedule import ImportanceNoiseSchedule
+from callbacks.importance_weighted_loss import ImportanceWeightedLoss
 from callbacks.saliency_logger import SaliencyLogger
 from callbacks.xai_gradient_mask import XAIGradientMask
 
-__all__ = ["EvalMetrics", "SaliencyLogger", "XAIGradientMask"]
+__all__ = ["EvalMetrics"]
+__all__ += ["ImportanceNoiseSchedule", "ImportanceWeightedLoss"]
+__all__ += ["SaliencyLogger", "XAIGradientMask"]

@@ -83,9 +83,7 @@ class NoiseScaleSchedule:
         return (1.0 / ((1 - tau) * torch.sqrt(1 + s / lam) + tau)).to(importance.dtype)
 
 
-def step_variance(
-    scale_t: Tensor, scale_r: Tensor, alpha_bar_t: Tensor | float, alpha_bar_r: Tensor | float
-) -> Tensor:
+def step_variance(scale_t: Tensor, scale_r: Tensor, alpha_bar_t: Tensor | float, alpha_bar_r: Tensor | float) -> Tensor:
     """Per-pixel variance of the forward step r → t: ``Σ_t − (ᾱ_t/ᾱ_r)·Σ_r`` with ``Σ = (1 − ᾱ)·g²``.
 
     Args:

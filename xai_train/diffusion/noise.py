@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from einops import rearrange
 from torch import Tensor
 
@@ -25,9 +26,7 @@ def _check_prediction_type(prediction_type: str) -> None:
         raise ValueError(f"unknown prediction_type '{prediction_type}'; choose one of: {', '.join(PREDICTION_TYPES)}")
 
 
-def signal_and_noise_levels(
-    timesteps: Tensor, alphas_cumprod: Tensor, like: Tensor
-) -> tuple[Tensor, Tensor]:
+def signal_and_noise_levels(timesteps: Tensor, alphas_cumprod: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """Gathers ``a_t = √ᾱ_t`` and ``σ_t = √(1−ᾱ_t)`` so they broadcast against ``like``.
 
     Args:
@@ -156,10 +155,62 @@ def split_prediction(
         >>> torch.allclose(x0_hat, x0, atol=1e-5)
         True
     """
+    a_t, _ = signal_and_noise_levels(timesteps, alphas_cumprod, sample)
+    return split_prediction_at(model_output, sample, a_t**2, prediction_type)
+
+
+def split_prediction_at(
+    model_output: Tensor, sample: Tensor, alpha_bar: Tensor | float, prediction_type: PredictionType = "epsilon"
+) -> tuple[Tensor, Tensor]:
+    """:func:`split_prediction` for a given ᾱ (a float or a tensor broadcastable to ``sample``).
+
+    Example:
+        >>> import torch
+        >>> x0_hat, noise_hat = split_prediction_at(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2), 0.25, "sample")
+        >>> noise_hat.flatten().tolist()  # (x_t − 0.5·0) / √0.75
+        [1.154700517654419, 1.154700517654419, 1.154700517654419, 1.154700517654419]
+    """
     _check_prediction_type(prediction_type)
-    a_t, sigma_t = signal_and_noise_levels(timesteps, alphas_cumprod, sample)
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=sample.dtype, device=sample.device)
+    a_t, sigma_t = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
     if prediction_type == "epsilon":
         return (sample - sigma_t * model_output) / a_t, model_output
     if prediction_type == "sample":
         return model_output, (sample - a_t * model_output) / sigma_t
     return a_t * sample - sigma_t * model_output, sigma_t * sample + a_t * model_output
+
+
+LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "snr", "min_snr")
+
+
+def snr_loss_weight(
+    snr: Tensor, prediction_type: PredictionType, weighting: str = "none", gamma: float = 5.0
+) -> Tensor:
+    """Per-sample weight on the MSE of a prediction, from the signal-to-noise ratio ``snr = ᾱ/(1 − ᾱ)``.
+
+    "snr" expresses every prediction type's loss in ε units (x0: ``snr``, v: ``snr/(snr + 1)``, ε: 1), as the
+    diffusers example does for x0-prediction; "min_snr" is Min-SNR-γ (Hang et al. 2023) in the same units.
+
+    Args:
+        snr: (B,) from ``diffusers.training_utils.compute_snr``.
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        weighting: "none", "snr" or "min_snr".
+        gamma: the Min-SNR clamp.
+
+    Returns:
+        (B,) float32 weights (all ones for "none").
+
+    Example:
+        >>> snr_loss_weight(torch.tensor([1.0, 10.0]), "epsilon", "min_snr", gamma=5.0).tolist()
+        [1.0, 0.5]
+    """
+    _check_prediction_type(prediction_type)
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting '{weighting}'; choose one of: {', '.join(LOSS_WEIGHTINGS)}")
+    snr = snr.float()
+    if weighting == "none":
+        return torch.ones_like(snr)
+    in_eps_units = {"epsilon": torch.ones_like(snr), "sample": snr, "v_prediction": snr / (snr + 1)}[prediction_type]
+    if weighting == "snr":
+        return in_eps_units
+    return in_eps_units * torch.clamp(snr, max=gamma) / snr

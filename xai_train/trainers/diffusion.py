@@ -1,5 +1,5 @@
-"""The diffusion trainer: diffusers' UNet, schedulers and EMA on Accelerate, with an optional
-time-conditioned discriminator whose explanations the callbacks feed back (DESIGN.md §5).
+"""The diffusion trainer: diffusers' UNet, schedulers and EMA on Accelerate, with an optional time-conditioned
+discriminator whose explanations the callbacks feed back (DESIGN.md §5).
 
 One ``step`` is one UNet optimizer step over ``grad_accum_steps`` micro-batches; each micro-batch also
 updates D inside the same ``accelerator.accumulate(unet, D)``. D sees the standard forward process: real =
@@ -8,16 +8,14 @@ the noised training batch, fake = replay-buffer samples (or re-noised x̂0) nois
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, compute_snr
+from diffusers.training_utils import compute_snr
 from torch import Tensor, nn
 
 from xai_train.callback import Callback, CallbackList, NoisePlan, TrainState
@@ -25,17 +23,17 @@ from xai_train.checkpoint import CheckpointManager
 from xai_train.config.diffusion import DiffusionTrainConfig, DiscriminatorConfig
 from xai_train.data import TensorBatches, derive_seed
 from xai_train.diffusion import (
+    Adversary,
     ImportanceSampler,
     ReplayBuffer,
     add_noise,
     ddim_sample,
-    importance_map,
-    r1_penalty,
+    saliency_panel,
     snr_loss_weight,
     split_prediction,
     training_target,
 )
-from xai_train.diffusion.models import ddim_for
+from xai_train.diffusion.models import build_ema, build_optimization, ddim_for, ema_weights
 from xai_train.diffusion.pipeline import export_pipeline
 from xai_train.images import make_grid, save_grid, save_png, to_unit_range
 from xai_train.tracking import StepTimer, make_accelerator, progress_bar, start_run
@@ -90,43 +88,54 @@ class DiffusionTrainer:
         cpu: bool = False,
     ):
         self.config = config
-        self.d_config = discriminator_config or DiscriminatorConfig(enabled=discriminator is not None)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.seed, self.resume = seed, resume
+        self.seed, self.resume, self.sampler = seed, resume, sampler
         self.noise_scheduler = noise_scheduler
         self.prediction_type = noise_scheduler.config.prediction_type
-        self.sampler = sampler
         self.accelerator = acc = make_accelerator(
-            self.run_dir, mixed_precision=config.mixed_precision, grad_accum_steps=config.grad_accum_steps,
-            seed=seed, cpu=cpu,
+            self.run_dir,
+            mixed_precision=config.mixed_precision,
+            grad_accum_steps=config.grad_accum_steps,
+            seed=seed,
+            cpu=cpu,
         )
         start_run(acc, self.run_dir, run_config)
         self.ema = None
         if config.use_ema:
-            self.ema = EMAModel(
-                unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=config.ema_inv_gamma,
-                power=config.ema_power, model_cls=type(unet), model_config=unet.config,
-            )
-        optimizer = torch.optim.AdamW(
-            unet.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.adam_weight_decay,
-            eps=config.adam_epsilon,
-        )
-        # Accelerate steps a prepared scheduler once per process per optimizer step: scale the horizon alike.
-        lr_scheduler = get_scheduler(
-            config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps * acc.num_processes,
-            num_training_steps=config.max_steps * acc.num_processes,
+            self.ema = build_ema(unet, config.ema_max_decay, config.ema_inv_gamma, config.ema_power)
+        optimizer, lr_scheduler = build_optimization(
+            unet,
+            config.lr,
+            config.adam_betas,
+            config.adam_weight_decay,
+            config.adam_epsilon,
+            config.lr_scheduler,
+            config.lr_warmup_steps,
+            config.max_steps,
+            acc.num_processes,
         )
         self.unet, self.optimizer, self.lr_scheduler = acc.prepare(unet, optimizer, lr_scheduler)
-        self.discriminator = self.opt_d = self.buffer = None
+        self.models = {"unet": self.unet}
+        self.adversary = None
         if discriminator is not None:
-            d = self.d_config
-            opt_d = torch.optim.Adam(discriminator.parameters(), lr=d.lr, betas=d.betas)
-            self.discriminator, self.opt_d = acc.prepare(discriminator, opt_d)
-            self.buffer = ReplayBuffer(d.buffer_capacity, d.buffer_refresh_every)
+            d = discriminator_config or DiscriminatorConfig(enabled=True)
+            prepared_d, opt_d = acc.prepare(
+                discriminator, torch.optim.Adam(discriminator.parameters(), lr=d.lr, betas=d.betas)
+            )
+            buffer = ReplayBuffer(d.buffer_capacity, d.buffer_refresh_every) if d.fake_source == "samples" else None
+            self.adversary = Adversary(
+                prepared_d, opt_d, discriminator_loss, d.fake_source, buffer, d.r1_gamma, d.r1_every
+            )
+            self.d_config = d
+            self.models["discriminator"] = prepared_d
         if self.ema is not None:
             self.ema.to(acc.device)
         self.batches = TensorBatches(
-            images, config.batch_size, seed=seed, rank=acc.process_index, world_size=acc.num_processes,
+            images,
+            config.batch_size,
+            seed=seed,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
             device=acc.device,
         )
         # Noise, timesteps and flips come from one generator seeded alike on every rank; each rank keeps its
@@ -137,33 +146,31 @@ class DiffusionTrainer:
         self.checkpoints = CheckpointManager(
             acc, (self.run_dir or Path(".")) / "checkpoints", keep_last=config.keep_checkpoints
         )
-        models = {"unet": self.unet}
-        if self.discriminator is not None:
-            models["discriminator"] = self.discriminator
-        self.state = TrainState(accelerator=acc, max_steps=config.max_steps, models=models, run_dir=self.run_dir)
+        self.state = TrainState(acc, max_steps=config.max_steps, models=self.models, run_dir=self.run_dir)
         self.timer = StepTimer()
-        self.last_r1 = torch.zeros(())
 
-    # --- pieces of a step -----------------------------------------------------------------------------
-    def _global_slice(self, tensor: Tensor) -> Tensor:
-        batch, rank = self.config.batch_size, self.accelerator.process_index
-        return tensor[rank * batch : (rank + 1) * batch].to(self.accelerator.device)
-
+    # --- random draws, identical on every rank --------------------------------------------------------
     def _world_batch(self) -> int:
         return self.config.batch_size * self.accelerator.num_processes
 
+    def _rank_slice(self, everyone: Tensor) -> Tensor:
+        batch, rank = self.config.batch_size, self.accelerator.process_index
+        return everyone[rank * batch : (rank + 1) * batch].to(self.accelerator.device)
+
     def _draw_noise(self, like: Tensor) -> Tensor:
-        return self._global_slice(torch.randn((self._world_batch(), *like.shape[1:]), generator=self.noise_rng))
+        return self._rank_slice(torch.randn((self._world_batch(), *like.shape[1:]), generator=self.noise_rng))
 
-    def _draw(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """This rank's (noise, timesteps, flip) for a batch shaped like ``like``."""
-        noise = self._draw_noise(like)
+    def _draw_plan(self, clean: Tensor) -> tuple[NoisePlan, Tensor]:
+        """This rank's standard noise plan and horizontal-flip mask (B,) for ``clean``."""
+        noise = self._draw_noise(clean)
         steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (self._world_batch(),), generator=self.noise_rng)
-        flip = torch.rand(self._world_batch(), generator=self.noise_rng) < 0.5
-        return noise, self._global_slice(timesteps), self._global_slice(flip)
+        timesteps = self._rank_slice(torch.randint(0, steps, (self._world_batch(),), generator=self.noise_rng))
+        flip = self._rank_slice(torch.rand(self._world_batch(), generator=self.noise_rng) < 0.5)
+        return NoisePlan(noise=noise, timesteps=timesteps), flip
 
-    def _denoiser_update(self, clean: Tensor, plan: NoisePlan) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    # --- pieces of a step -----------------------------------------------------------------------------
+    def _denoiser_update(self, clean: Tensor, plan: NoisePlan) -> tuple[Tensor, Tensor, Tensor]:
+        """Noise by ``plan``, weighted MSE, backward, UNet step. Returns (loss, x_t, detached x̂0)."""
         cfg, acc, alphas = self.config, self.accelerator, self.noise_scheduler.alphas_cumprod
         if plan.timesteps.dim() != 1:
             raise ValueError("UNet2DModel takes one timestep per sample; a callback returned per-pixel timesteps")
@@ -172,9 +179,8 @@ class DiffusionTrainer:
         with acc.autocast():
             output = self.unet(noisy, plan.timesteps).sample
         loss_map = F.mse_loss(output.float(), target.float(), reduction="none")
-        sample_weight = snr_loss_weight(
-            compute_snr(self.noise_scheduler, plan.timesteps), self.prediction_type, cfg.loss_weighting, cfg.min_snr_gamma
-        )
+        snr = compute_snr(self.noise_scheduler, plan.timesteps)
+        sample_weight = snr_loss_weight(snr, self.prediction_type, cfg.loss_weighting, cfg.min_snr_gamma)
         if plan.timestep_weight is not None:
             sample_weight = sample_weight * plan.timestep_weight
         loss_map = loss_map * sample_weight.view(-1, 1, 1, 1).to(loss_map.device)
@@ -190,123 +196,88 @@ class DiffusionTrainer:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         x0_hat, _ = split_prediction(output.detach().float(), noisy, plan.timesteps, alphas, self.prediction_type)
-        return {"loss": loss.detach()}, noisy, x0_hat
+        return loss.detach(), noisy, x0_hat
 
-    def _discriminator_update(self, clean: Tensor, plan: NoisePlan, noisy: Tensor, x0_hat: Tensor) -> dict[str, Tensor]:
-        d, acc, alphas = self.d_config, self.accelerator, self.noise_scheduler.alphas_cumprod
-        t = plan.timesteps
+    def _discriminator_update(self, clean: Tensor, plan: NoisePlan, noisy: Tensor, x0_hat: Tensor) -> dict:
+        alphas, t = self.noise_scheduler.alphas_cumprod, plan.timesteps
         # D models the standard process at level t; reuse the UNet's input when it is that process.
         real = noisy if plan.noise_scale is None else add_noise(clean, plan.noise, t, alphas)
-        if d.fake_source == "samples":
-            fake0 = self._global_slice(self.buffer.sample(self._world_batch(), self.noise_rng))
-        else:  # cheap but biased: D learns to tell data from the UNet's blurry one-step estimates
+        if self.adversary.buffer is not None:
+            fake0 = self._rank_slice(self.adversary.buffer.sample(self._world_batch(), self.noise_rng))
+        else:  # "x0_hat": cheap but biased, D learns to tell data from the UNet's blurry one-step estimates
             fake0 = x0_hat.clamp(-1, 1)
         fake = add_noise(fake0, self._draw_noise(clean), t, alphas)
-        lazy_r1 = d.r1_gamma > 0 and self.state.step % d.r1_every == 0
-        real = real.detach().requires_grad_(lazy_r1)
-        # R1 needs an exact input gradient: keep that forward out of fp16 autocast.
-        with acc.autocast() if not lazy_r1 else contextlib.nullcontext():
-            d_real = self.discriminator(real, t)
-            d_fake = self.discriminator(fake, t)
-        loss_map = self.callbacks.on_loss(self.state, discriminator_loss(d_real.float(), d_fake.float()), "discriminator")
-        loss = loss_map.mean()
-        if lazy_r1:
-            self.last_r1 = r1_penalty(d_real.float(), real)
-            loss = loss + 0.5 * d.r1_gamma * d.r1_every * self.last_r1
-        acc.backward(loss)
-        if acc.sync_gradients:
-            self.callbacks.on_before_optimizer_step(self.state, "discriminator")
-        self.opt_d.step()
-        self.opt_d.zero_grad(set_to_none=True)
-        return {"d_loss": loss.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach()}
+        return self.adversary.update(self.state, self.callbacks, real, fake, t)
 
     def _refresh_buffer(self) -> None:
-        """Refills the replay buffer with EMA samples; every rank makes its share and all keep the union."""
+        """Refills the replay buffer with EMA samples: every rank makes its share, all keep the union."""
         d, acc = self.d_config, self.accelerator
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "replay", self.state.step, acc.process_index))
-        with self.ema_weights():
-            samples = self._sample(d.buffer_refresh_size, d.sample_steps, generator)
-        self.buffer.add(acc.gather(samples.contiguous()), self.state.step)
+        samples = self.sample(d.buffer_refresh_size, d.sample_steps, generator)
+        self.adversary.buffer.add(acc.gather(samples.contiguous()), self.state.step)
 
     def train_step(self) -> dict[str, Tensor]:
         """One UNet optimizer step (and D's updates). Returns detached step statistics."""
         cfg, acc = self.config, self.accelerator
-        if self.buffer is not None and self.d_config.fake_source == "samples" and self.buffer.needs_refresh(self.state.step):
+        if self.adversary is not None and self.adversary.needs_samples(self.state.step):
             self._refresh_buffer()
         stats: dict[str, Tensor] = {}
-        models = [self.unet] + ([self.discriminator] if self.discriminator is not None else [])
         for _ in range(cfg.grad_accum_steps):
             clean = self.batches.next()
-            noise, timesteps, flip = self._draw(clean)
+            plan, flip = self._draw_plan(clean)
             if cfg.random_flip:
                 clean = torch.where(flip.view(-1, 1, 1, 1), clean.flip(-1), clean)
-            with acc.accumulate(*models):
-                plan = self.callbacks.on_diffusion_noise(self.state, clean, NoisePlan(noise, timesteps))
-                step_stats, noisy, x0_hat = self._denoiser_update(clean, plan)
-                stats.update(step_stats)
-                if self.discriminator is not None:
+            with acc.accumulate(*self.models.values()):
+                plan = self.callbacks.on_diffusion_noise(self.state, clean, plan)
+                stats["loss"], noisy, x0_hat = self._denoiser_update(clean, plan)
+                if self.adversary is not None:
                     stats.update(self._discriminator_update(clean, plan, noisy, x0_hat))
         if self.ema is not None and acc.sync_gradients:
             self.ema.step(acc.unwrap_model(self.unet).parameters())
         return stats
 
     # --- sampling, maps, export -----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def ema_weights(self) -> Iterator[nn.Module]:
-        """The unwrapped UNet in eval mode with the EMA weights swapped in for the block (restored after)."""
-        unet = self.accelerator.unwrap_model(self.unet)
-        was_training = unet.training
-        unet.eval()
-        if self.ema is not None:
-            self.ema.store(unet.parameters())
-            self.ema.copy_to(unet.parameters())
-        try:
-            yield unet
-        finally:
-            if self.ema is not None:
-                self.ema.restore(unet.parameters())
-            unet.train(was_training)
+    def sample(
+        self,
+        num_images: int | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """(N, C, H, W) samples in [-1, 1] from the EMA UNet with the run's sampler.
 
-    def _sample(self, batch_size: int, num_inference_steps: int, generator: torch.Generator) -> Tensor:
-        unet = self.accelerator.unwrap_model(self.unet)
-        sampler = self.sampler or ddim_sample
-        return sampler(unet, ddim_for(self.noise_scheduler), batch_size, num_inference_steps, generator).float()
-
-    def sample(self, num_images: int | None = None, seed: int | None = None) -> Tensor:
-        """(N, C, H, W) samples in [-1, 1] from the EMA UNet with the run's sampler (fixed noise by default)."""
+        Defaults: ``num_samples`` images, ``sample_steps`` DDIM steps, the run's fixed sample noise.
+        """
         cfg = self.config
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, "samples") if seed is None else seed)
-        with self.ema_weights():
-            return self._sample(num_images or cfg.num_samples, cfg.sample_steps, generator)
-
-    def maps(self, samples: Tensor) -> Tensor | None:
-        """D's saliency at t = 0 on a real batch and on ``samples``: (4·n, C, H, W) rows real | S | fake | S."""
-        if self.discriminator is None:
-            return None
-        d = self.accelerator.unwrap_model(self.discriminator)
-        n = min(8, len(samples))
-        real = self.batches.images[:n].float()
-        real = real / 127.5 - 1 if self.batches.images.dtype == torch.uint8 else real
-        fake = samples[:n].to(real.device)
-        zeros = torch.zeros(n, dtype=torch.long, device=real.device)
-        to_images = lambda s: s.expand(-1, real.shape[1], -1, -1) * 2 - 1  # noqa: E731  [0, 1] -> [-1, 1]
-        rows = [real, to_images(importance_map(d, real, zeros)), fake, to_images(importance_map(d, fake, zeros))]
-        return torch.cat(rows)
+        generator = generator or torch.Generator().manual_seed(derive_seed(self.seed, "samples"))
+        sampler = self.sampler or ddim_sample
+        with ema_weights(self.accelerator.unwrap_model(self.unet), self.ema) as unet:
+            images = sampler(
+                unet,
+                ddim_for(self.noise_scheduler),
+                num_images or cfg.num_samples,
+                num_inference_steps or cfg.sample_steps,
+                generator,
+            )
+        return images.float()
 
     def _sample_and_log(self, final: bool = False) -> None:
         samples = self.sample()
         self.callbacks.on_sample(self.state, samples)
-        maps = self.maps(samples)
-        images = {"samples": to_unit_range(samples)}
-        if maps is not None:
-            images["maps"] = to_unit_range(maps)
+        images, panel = {"samples": to_unit_range(samples)}, None
+        if self.adversary is not None:
+            n = min(8, len(samples))
+            real = self.batches.images[:n].float()
+            real = real / 127.5 - 1 if self.batches.images.dtype == torch.uint8 else real
+            discriminator = self.accelerator.unwrap_model(self.adversary.discriminator)
+            panel = saliency_panel(discriminator, real, samples[:n].to(real.device))
+            images["maps"] = to_unit_range(panel)
         self.state.log_images(images)
         if self.run_dir is not None and self.accelerator.is_main_process:
             save_grid(samples, self.run_dir / "samples" / f"step_{self.state.step:07d}.png")
             if final:
                 save_grid(samples, self.run_dir / "samples.png")
-                if maps is not None:
-                    save_png(make_grid(to_unit_range(maps), nrow=len(maps) // 4), self.run_dir / "maps.png")
+                if panel is not None:  # rows: real, S(real), samples, S(samples)
+                    save_png(make_grid(to_unit_range(panel), nrow=len(panel) // 4), self.run_dir / "maps.png")
 
     def export(self, path: str | Path | None = None) -> Path | None:
         """Writes the EMA UNet as a loadable pipeline (``DDPMPipeline`` unless the sampler is importance-based)."""
@@ -317,14 +288,14 @@ class DiffusionTrainer:
             self.accelerator.print(f"not exporting a pipeline: no pipeline class for the sampler {self.sampler!r}")
             return None
         if self.accelerator.is_main_process:
-            with self.ema_weights() as unet:
+            with ema_weights(self.accelerator.unwrap_model(self.unet), self.ema) as unet:
                 export_pipeline(path, unet, self.noise_scheduler, self.sampler)
         self.accelerator.wait_for_everyone()
         return path
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
-        """What a checkpoint needs beyond Accelerate's state (tensors and plain values only)."""
+        """What a checkpoint needs beyond Accelerate's state (tensors and plain values; equal on every rank)."""
         state: dict[str, Any] = {
             "step": self.state.step,
             "batches": self.batches.state_dict(),
@@ -332,8 +303,8 @@ class DiffusionTrainer:
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
-        if self.buffer is not None:
-            state["buffer"] = self.buffer.state_dict()
+        if self.adversary is not None:
+            state["adversary"] = self.adversary.state_dict()
         return state
 
     def load_trainer_state(self, state: Mapping[str, Any]) -> None:
@@ -344,10 +315,8 @@ class DiffusionTrainer:
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
             self.ema.to(self.accelerator.device)
-        if self.buffer is not None and "buffer" in state:
-            self.buffer.load_state_dict(state["buffer"])
-            if self.buffer.images is not None:
-                self.buffer.images = self.buffer.images.to(self.accelerator.device)
+        if self.adversary is not None and "adversary" in state:
+            self.adversary.load_state_dict(state["adversary"], self.accelerator.device)
 
     def save_checkpoint(self) -> Path:
         return self.checkpoints.save(self.state.step, self.trainer_state())
@@ -404,13 +373,9 @@ class DiffusionTrainer:
         }
         if self.ema is not None:
             logs["ema_decay"] = self.ema.cur_decay_value or 0.0
-        if "d_loss" in stats:
-            logs.update(
-                d_loss=stats["d_loss"].item(),
-                d_real=torch.sigmoid(stats["d_real"].float()).mean().item(),
-                d_fake=torch.sigmoid(stats["d_fake"].float()).mean().item(),
-                r1=self.last_r1.item(),
-            )
-            if self.buffer is not None and len(self.buffer):
-                logs["buffer_age"] = self.buffer.mean_age(self.state.step)
+        if self.adversary is not None:
+            logs["d_loss"] = stats["d_loss"].item()
+            logs["d_real"] = torch.sigmoid(stats["d_real"]).mean().item()
+            logs["d_fake"] = torch.sigmoid(stats["d_fake"]).mean().item()
+            logs.update(self.adversary.statistics(self.state.step))
         return logs

@@ -1,0 +1,119 @@
+"""Sample a trained diffusion run with DDIM into a PNG grid and an .npz.
+
+    python recipes/sample.py runs/ddpm_digits
+    python recipes/sample.py runs/ddpm_digits_xai_noise --num-images 64 --steps 50 --seed 1
+    python recipes/sample.py runs/ddpm_digits --checkpoint latest      # an unfinished run: EMA weights of a checkpoint
+    accelerate launch recipes/sample.py runs/ddpm_digits               # same, on the accelerator's device
+
+Reads <run>/config.yaml (the resolved config) and the safetensors weights of <run>/pipeline (written at the end
+of training) or of a checkpoint. Writes <out>/samples.png and <out>/samples.npz (images: (N, H, W, C) float32
+in [0, 1]; seed; steps). Default <out>: <run>/sampled/seed<seed>_steps<steps>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMPipeline, DiffusionPipeline
+from einops import rearrange
+from safetensors.torch import load_file
+
+from xai_train.checkpoint import TRAINER_STATE_FILE, CheckpointError
+from xai_train.config import ConfigError, load_config
+from xai_train.config.diffusion import DiffusionExperiment
+from xai_train.diffusion import TimeConditionedDiscriminator
+from xai_train.diffusion.models import build_noise_scheduler, build_unet
+from xai_train.diffusion.pipeline import ImportanceDiffusionPipeline, load_pipeline, sample_pipeline
+from xai_train.images import make_grid, save_png
+
+
+def checkpoint_folder(run_dir: Path, name: str) -> Path:
+    """``latest`` or ``step_<N>`` → the checkpoint folder of the run."""
+    folders = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    if name == "latest":
+        if not folders:
+            raise CheckpointError(f"'{run_dir}/checkpoints' holds no step_<N> folder")
+        return folders[-1]
+    folder = run_dir / "checkpoints" / name
+    if not (folder / TRAINER_STATE_FILE).is_file():
+        raise CheckpointError(f"'{folder}' is not a checkpoint; choose latest or one of: {[p.name for p in folders]}")
+    return folder
+
+
+def pipeline_from_checkpoint(config: DiffusionExperiment, folder: Path) -> DiffusionPipeline:
+    """Rebuilds the run's models from its config and loads a checkpoint (EMA weights when the run kept them)."""
+    data, u, s = config.data, config.unet, config.scheduler
+    unet = build_unet(
+        data.image_size,
+        data.channels,
+        u.block_out_channels,
+        u.layers_per_block,
+        u.attention,
+        u.norm_num_groups,
+        u.dropout,
+    )
+    unet.load_state_dict(load_file(folder / "model.safetensors"))  # Accelerate saves the first prepared model first
+    ema = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=True).get("ema")
+    if ema is not None:
+        for param, shadow in zip(unet.parameters(), ema["shadow_params"], strict=True):
+            param.data.copy_(shadow)
+    scheduler = build_noise_scheduler(s.num_train_timesteps, s.beta_schedule, s.prediction_type, s.clip_sample)
+    noise = config.importance_noise
+    if not (noise.enabled and noise.mode == "pixel"):
+        return DDPMPipeline(unet=unet, scheduler=scheduler)
+    d = config.discriminator
+    discriminator = TimeConditionedDiscriminator(
+        data.channels, d.channels, d.time_dim, d.norm_groups, s.num_train_timesteps
+    )
+    discriminator.load_state_dict(load_file(folder / "model_1.safetensors"))
+    return ImportanceDiffusionPipeline(
+        unet,
+        scheduler,
+        discriminator,
+        noise.sharpness,
+        noise.midpoint,
+        noise.lambda_min,
+        noise.lambda_max,
+        "x0_hat" if noise.map_source == "x0" else "x_t",
+        noise.method,
+        noise.blur_sigma,
+    )
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a run directory, e.g. runs/ddpm_digits")
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--checkpoint", default="", help="'latest' or step_<N>; default: the exported pipeline")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
+
+    config = load_config(DiffusionExperiment, args.run_dir / "config.yaml")
+    if args.checkpoint:
+        pipeline = pipeline_from_checkpoint(config, checkpoint_folder(args.run_dir, args.checkpoint))
+    else:
+        pipeline = load_pipeline(args.run_dir / "pipeline")
+    device = "cuda" if torch.cuda.is_available() and not config.run.cpu else "cpu"
+    pipeline.to(device)
+    images = sample_pipeline(pipeline, args.num_images, args.steps, args.seed, args.eta)  # (N, H, W, C) in [0, 1]
+
+    out = args.out or args.run_dir / "sampled" / f"seed{args.seed}_steps{args.steps}"
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "samples.npz", images=images, seed=args.seed, steps=args.steps)
+    save_png(make_grid(rearrange(torch.from_numpy(images), "n h w c -> n c h w")), out / "samples.png")
+    print(f"{len(images)} samples ({type(pipeline).__name__}, {args.steps} DDIM steps, seed {args.seed}) -> {out}")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")

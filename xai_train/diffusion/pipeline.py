@@ -1,0 +1,171 @@
+"""Exported pipelines: ``DDPMPipeline`` for the standard forward process, ``ImportanceDiffusionPipeline`` for
+importance-scheduled noise (it carries D and the noise-scale schedule, and samples with the per-pixel DDIM
+analogue). Both save with ``save_pretrained`` and load with :func:`load_pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DiffusionPipeline, UNet2DModel
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from xai_train.diffusion.discriminator import TimeConditionedDiscriminator
+from xai_train.diffusion.importance import DiscriminatorImportance
+from xai_train.diffusion.importance_schedule import NoiseScaleSchedule
+from xai_train.diffusion.sampler import ImportanceSampler, importance_ddim_sample
+
+
+class ImportanceDiffusionPipeline(DiffusionPipeline):
+    """Samples a model trained with importance-scheduled noise (``ImportanceNoiseSchedule(mode="pixel")``).
+
+    Args:
+        unet: the denoiser.
+        scheduler: the training scheduler (any diffusers scheduler; sampling uses DDIM with its config).
+        discriminator: the time-conditioned D whose saliency gives the importance map.
+        sharpness, midpoint, lambda_min, lambda_max: the ``g_t(s)`` schedule of training.
+        map_source: "x0_hat" or "x_t" (see ``importance_ddim_sample``).
+        method: attribution method ("saliency" is built in).
+        blur_sigma: Gaussian blur of the map.
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        discriminator: TimeConditionedDiscriminator,
+        sharpness: float = 20.0,
+        midpoint: float = 0.5,
+        lambda_min: float = 0.25,
+        lambda_max: float = 4.0,
+        map_source: str = "x0_hat",
+        method: str = "saliency",
+        blur_sigma: float = 0.0,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, discriminator=discriminator)
+        self.register_to_config(
+            sharpness=sharpness,
+            midpoint=midpoint,
+            lambda_min=lambda_min,
+            lambda_max=lambda_max,
+            map_source=map_source,
+            method=method,
+            blur_sigma=blur_sigma,
+        )
+
+    def noise_schedule(self) -> NoiseScaleSchedule:
+        c = self.config
+        steps = self.scheduler.config.num_train_timesteps
+        return NoiseScaleSchedule(steps, c.sharpness, c.midpoint, c.lambda_min, c.lambda_max)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Samples ``batch_size`` images; ``output_type`` "pil", "np" (N, H, W, C in [0, 1]) or "pt" ([-1, 1])."""
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        importance_fn = DiscriminatorImportance(self.discriminator, self.config.method, self.config.blur_sigma)
+        out = importance_ddim_sample(
+            self.unet,
+            scheduler,
+            importance_fn,
+            self.noise_schedule(),
+            batch_size,
+            num_inference_steps,
+            generator,
+            self.config.map_source,
+            eta,
+        )
+        images = out.images
+        if output_type != "pt":
+            images = (images / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+def export_pipeline(
+    path: str | Path,
+    unet: UNet2DModel,
+    noise_scheduler: SchedulerMixin,
+    sampler: ImportanceSampler | None = None,
+) -> Path:
+    """Saves a loadable pipeline: ``DDPMPipeline`` for the standard process, else the importance pipeline.
+
+    Args:
+        path: target folder (e.g. ``runs/<name>/pipeline``).
+        unet: the (EMA) UNet to export, unwrapped.
+        noise_scheduler: the training ``DDPMScheduler``.
+        sampler: the run's ``ImportanceSampler`` (its importance function must be a
+            ``DiscriminatorImportance``), or ``None`` for a standard-noise run.
+
+    Returns:
+        The folder.
+    """
+    path = Path(path)
+    if sampler is None:
+        DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(path)
+        return path
+    fn = sampler.importance_fn
+    if not isinstance(fn, DiscriminatorImportance) or fn.options:
+        raise ValueError(
+            "export_pipeline: the sampler's importance_fn must be a DiscriminatorImportance without options"
+        )
+    s = sampler.schedule
+    ImportanceDiffusionPipeline(
+        unet,
+        noise_scheduler,
+        fn.discriminator,
+        s.sharpness,
+        s.midpoint,
+        s.lambda_min,
+        s.lambda_max,
+        sampler.map_source,
+        fn.method,
+        fn.blur_sigma,
+    ).save_pretrained(path)
+    return path
+
+
+def load_pipeline(path: str | Path) -> DiffusionPipeline:
+    """Loads what :func:`export_pipeline` wrote (``DDPMPipeline`` or ``ImportanceDiffusionPipeline``)."""
+    path = Path(path)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"'{path}' holds no exported pipeline (no model_index.json); train the run to the end")
+    name = json.loads(index.read_text())["_class_name"]
+    if name == "ImportanceDiffusionPipeline":
+        return ImportanceDiffusionPipeline.from_pretrained(path)
+    if name == "DDPMPipeline":
+        return DDPMPipeline.from_pretrained(path)
+    raise ValueError(f"'{path}' holds a {name}; expected DDPMPipeline or ImportanceDiffusionPipeline")
+
+
+def sample_pipeline(
+    pipeline: DiffusionPipeline, num_images: int, num_inference_steps: int = 50, seed: int = 0, eta: float = 0.0
+) -> np.ndarray:
+    """DDIM samples from either exported pipeline: (N, H, W, C) float32 in [0, 1].
+
+    A ``DDPMPipeline`` is sampled through ``DDIMPipeline`` with a ``DDIMScheduler`` made from its config.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(pipeline, DDPMPipeline):
+        pipeline = DDIMPipeline(unet=pipeline.unet, scheduler=DDIMScheduler.from_config(pipeline.scheduler.config))
+    pipeline.set_progress_bar_config(disable=True)
+    out = pipeline(
+        batch_size=num_images, generator=generator, num_inference_steps=num_inference_steps, eta=eta, output_type="np"
+    )
+    return np.asarray(out.images, dtype=np.float32)
