@@ -36,14 +36,15 @@ from xai_train.diffusion import (
 from xai_train.diffusion.models import build_ema, build_optimization, ddim_for, ema_weights
 from xai_train.diffusion.pipeline import export_pipeline
 from xai_train.images import make_grid, save_grid, save_png, to_unit_range
-from xai_train.tracking import StepTimer, make_accelerator, progress_bar, start_run
+from xai_train.tracking import StepTimer, make_accelerator, start_run
+from xai_train.trainers.loop import TrainingLoop
 from xai_train.trainers.losses import discriminator_loss
 
 Sampler = Callable[..., Tensor]
 """``(unet, ddim_scheduler, batch_size, num_inference_steps, generator) -> (B, C, H, W)`` in [-1, 1]."""
 
 
-class DiffusionTrainer:
+class DiffusionTrainer(TrainingLoop):
     """Trains a ``UNet2DModel`` (and optionally D) with Accelerate, callbacks, EMA and checkpoints.
 
     Args:
@@ -260,7 +261,7 @@ class DiffusionTrainer:
             )
         return images.float()
 
-    def _sample_and_log(self, final: bool = False) -> None:
+    def sample_and_log(self, final: bool = False) -> None:
         samples = self.sample()
         self.callbacks.on_sample(self.state, samples)
         images, panel = {"samples": to_unit_range(samples)}, None
@@ -297,7 +298,6 @@ class DiffusionTrainer:
     def trainer_state(self) -> dict[str, Any]:
         """What a checkpoint needs beyond Accelerate's state (tensors and plain values; equal on every rank)."""
         state: dict[str, Any] = {
-            "step": self.state.step,
             "batches": self.batches.state_dict(),
             "noise_rng": self.noise_rng.get_state(),
         }
@@ -308,9 +308,7 @@ class DiffusionTrainer:
         return state
 
     def load_trainer_state(self, state: Mapping[str, Any]) -> None:
-        self.state.step = int(state["step"])
         self.batches.load_state_dict(state["batches"])
-        self.state.epoch = self.batches.epoch
         self.noise_rng.set_state(state["noise_rng"])
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
@@ -318,54 +316,14 @@ class DiffusionTrainer:
         if self.adversary is not None and "adversary" in state:
             self.adversary.load_state_dict(state["adversary"], self.accelerator.device)
 
-    def save_checkpoint(self) -> Path:
-        return self.checkpoints.save(self.state.step, self.trainer_state())
+    def progress_postfix(self, logs: Mapping[str, float]) -> dict[str, str]:
+        return {"loss": f"{logs['loss']:.4f}"}
 
-    # --- the loop -----------------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
-        """Runs until ``max_steps`` (or a callback's stop request); then samples, maps, checkpoint, export.
-
-        Returns:
-            ``{"steps", "median_step_time", "run_dir", and the last logged scalars}``.
-        """
-        cfg, acc, state = self.config, self.accelerator, self.state
-        checkpoint = self.checkpoints.resolve(self.resume)
-        if checkpoint is not None:
-            self.load_trainer_state(self.checkpoints.load(checkpoint))
-            acc.print(f"resumed from {checkpoint} at step {state.step}")
-        self.callbacks.on_train_start(state)
-        bar = progress_bar(acc, cfg.max_steps, initial=state.step)
-        last_logs: dict[str, float] = {}
-        while state.step < cfg.max_steps:
-            with self.timer:
-                stats = self.train_step()
-            state.step += 1
-            state.epoch = self.batches.epoch
-            logs = {"step_time": self.timer.last}
-            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                logs.update(self._scalars(stats))
-                state.log_scalars(logs)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
-                last_logs = logs
-            self.callbacks.on_step_end(state, logs)
-            bar.update(1)
-            if cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
-                self._sample_and_log()
-            if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0 and self.run_dir is not None:
-                self.save_checkpoint()
-            if state.should_stop():
-                break
-        bar.close()
+    def finish(self) -> None:
         if self.run_dir is not None:
-            self._sample_and_log(final=True)
-            if not (self.checkpoints.latest() or Path()).name == f"step_{state.step}":
-                self.save_checkpoint()
             self.export()
-        self.callbacks.on_train_end(state)
-        acc.end_training()
-        return {"steps": state.step, "median_step_time": self.timer.median(), "run_dir": self.run_dir, **last_logs}
 
-    def _scalars(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
+    def step_scalars(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
         logs = {
             "loss": stats["loss"].item(),
             "lr": self.lr_scheduler.get_last_lr()[0],

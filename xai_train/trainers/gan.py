@@ -8,9 +8,6 @@ on the latents of the last discriminator update (so accumulation matches one big
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,8 @@ from xai_train.checkpoint import CheckpointManager
 from xai_train.config.gan import GANTrainConfig
 from xai_train.data import TensorBatches
 from xai_train.images import save_grid
-from xai_train.tracking import StepTimer, make_accelerator, progress_bar, start_run
+from xai_train.tracking import StepTimer, make_accelerator, start_run
+from xai_train.trainers.loop import TrainingLoop
 from xai_train.trainers.losses import discriminator_loss, generator_loss
 
 
@@ -41,7 +39,7 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-class GANTrainer:
+class GANTrainer(TrainingLoop):
     """Trains a generator/discriminator pair with Accelerate.
 
     Args:
@@ -130,8 +128,6 @@ class GANTrainer:
             run_dir=self.run_dir,
         )
         self.timer = StepTimer()
-        self._seconds_before = 0.0  # training time of earlier runs this one resumed from
-        self._started = time.perf_counter()
 
     # --- pieces of a step -----------------------------------------------------------------------------
     def _latents(self) -> Tensor:
@@ -228,7 +224,7 @@ class GANTrainer:
                 self.ema.restore(generator.parameters())
             generator.train(was_training)
 
-    def _sample_and_log(self, final: bool = False) -> None:
+    def sample_and_log(self, final: bool = False) -> None:
         samples = self.sample()
         self.callbacks.on_sample(self.state, samples)
         self.state.log_images({"samples": (samples + 1) / 2})
@@ -240,109 +236,23 @@ class GANTrainer:
     def trainer_state(self) -> dict[str, Any]:
         """What a checkpoint needs beyond Accelerate's state (tensors and plain values only)."""
         state: dict[str, Any] = {
-            "step": self.state.step,
-            "epoch": self.batches.epoch,
             "batches": self.batches.state_dict(),
             "latent_rng": self.latent_rng.get_state(),
-            "train_seconds": self.train_seconds(),
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
 
     def load_trainer_state(self, state: Mapping[str, Any]) -> None:
-        self.state.step = int(state["step"])
         self.batches.load_state_dict(state["batches"])
-        self.state.epoch = self.batches.epoch
         self.latent_rng.set_state(state["latent_rng"])
-        self._seconds_before = float(state.get("train_seconds", 0.0))
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
 
-    def train_seconds(self) -> float:
-        """Wall-clock seconds spent training this run so far, across resumes."""
-        return self._seconds_before + time.perf_counter() - self._started
+    def progress_postfix(self, logs: Mapping[str, float]) -> dict[str, str]:
+        return {"d": f"{logs['d_loss']:.3f}", "g": f"{logs['g_loss']:.3f}"}
 
-    def save_checkpoint(self, name: str | None = None) -> Path:
-        return self.checkpoints.save(self.state.step, self.trainer_state(), name=name)
-
-    def _save_requested_checkpoints(self) -> None:
-        """Saves what callbacks asked for with ``state.request_checkpoint`` (e.g. "best")."""
-        requests, self.state.checkpoint_requests = self.state.checkpoint_requests, []
-        if self.run_dir is not None:
-            for name in requests:
-                self.save_checkpoint(name)
-
-    # --- the loop -----------------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
-        """Runs until ``max_steps`` (or a callback's stop request). Returns a summary.
-
-        Returns:
-            ``steps``, ``max_steps``, ``median_step_time``, ``train_seconds`` (across resumes), ``processes``,
-            ``run_dir`` and the last logged scalars; also written to ``<run_dir>/summary.json``.
-        """
-        cfg, acc, state = self.config, self.accelerator, self.state
-        checkpoint = self.checkpoints.resolve(self.resume)
-        if checkpoint is not None:
-            self.load_trainer_state(self.checkpoints.load(checkpoint))
-            acc.print(f"resumed from {checkpoint} at step {state.step}")
-        self._started = time.perf_counter()
-        self.callbacks.on_train_start(state)
-        bar = progress_bar(acc, cfg.max_steps, initial=state.step)
-        last_logs: dict[str, float] = {}
-        while state.step < cfg.max_steps:
-            with self.timer:
-                stats = self.train_step()
-            state.step += 1
-            state.epoch = self.batches.epoch
-            logs = {"step_time": self.timer.last}
-            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                logs.update(self._scalars(stats))
-                self._check_finite(logs)
-                state.log_scalars(logs)
-                bar.set_postfix(d=f"{logs['d_loss']:.3f}", g=f"{logs['g_loss']:.3f}", refresh=False)
-                last_logs = logs
-            self.callbacks.on_step_end(state, logs)
-            self._save_requested_checkpoints()
-            bar.update(1)
-            if cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
-                self._sample_and_log()
-            if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0 and self.run_dir is not None:
-                self.save_checkpoint()
-            if state.should_stop():
-                break
-        bar.close()
-        if self.run_dir is not None:
-            self._sample_and_log(final=True)
-            if (self.checkpoints.latest() or Path()).name != f"step_{state.step}":
-                self.save_checkpoint()
-        self.callbacks.on_train_end(state)
-        self._save_requested_checkpoints()
-        acc.end_training()
-        summary = {
-            "steps": state.step,
-            "max_steps": cfg.max_steps,
-            "median_step_time": self.timer.median(),
-            "train_seconds": self.train_seconds(),
-            "processes": acc.num_processes,
-            **last_logs,
-        }
-        if self.run_dir is not None and acc.is_main_process:
-            tmp = self.run_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            tmp.replace(self.run_dir / "summary.json")
-        return {**summary, "run_dir": self.run_dir}
-
-    def _check_finite(self, logs: Mapping[str, float]) -> None:
-        bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
-        if bad:
-            latest = self.checkpoints.latest() if self.run_dir is not None else None
-            raise FloatingPointError(
-                f"non-finite training values at step {self.state.step}: {bad}; last good checkpoint: {latest}. "
-                "Lower the learning rates, enable train.clip_grad_norm_g/_d, or use mixed_precision=no."
-            )
-
-    def _scalars(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
+    def step_scalars(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
         return {
             "d_loss": stats["d_loss"].item(),
             "g_loss": stats["g_loss"].item(),
