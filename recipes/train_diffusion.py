@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from callbacks import ImportanceNoiseSchedule, ImportanceWeightedLoss
+from callbacks import EvalMetrics, ImportanceNoiseSchedule, ImportanceWeightedLoss
 from xai_train.checkpoint import CheckpointError
 from xai_train.config import ConfigError, load_config, to_dict
 from xai_train.config.diffusion import DiffusionExperiment
@@ -122,6 +122,24 @@ def main(argv: list[str] | None = None) -> dict:
     callbacks = build_callbacks(config, noise_scheduler.alphas_cumprod)
     # An importance-noise model is sampled (grids, D's fakes, export) with its own per-pixel sampler.
     samplers = [cb.sampler(discriminator) for cb in callbacks if isinstance(cb, ImportanceNoiseSchedule)]
+    trainer_box: list[DiffusionTrainer] = []  # the sampler of the eval callback needs the trainer built below
+    if config.eval.enabled:
+        evaluation = config.eval
+        callbacks.append(
+            EvalMetrics(
+                data.name,  # compared against the whole dataset, also when data.fraction < 1
+                root=data.root or None,
+                image_size=data.image_size,
+                channels=data.channels,
+                every_n_steps=evaluation.every_n_steps,
+                num_samples=evaluation.num_samples,
+                metrics=evaluation.metrics,
+                monitor=evaluation.monitor,
+                batch_size=evaluation.batch_size,
+                seed=config.run.seed,
+                sample_fn=lambda n, generator: trainer_box[0].sample(n, config.train.sample_steps, generator),
+            )
+        )
     trainer = DiffusionTrainer(
         unet,
         noise_scheduler,
@@ -137,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         run_config=to_dict(config),
         cpu=config.run.cpu,
     )
+    trainer_box.append(trainer)
     summary = trainer.train()
     trainer.accelerator.print(
         f"done: {summary['steps']} steps, median step {summary['median_step_time'] * 1000:.1f} ms, "

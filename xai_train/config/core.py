@@ -121,9 +121,7 @@ def _set_dotted(tree: dict[str, Any], schema: type, dotted: str, value: Any) -> 
             node[part] = value
             return
         if not dataclasses.is_dataclass(fields[part]):
-            raise ConfigError(
-                f"'{'.'.join(parts[: depth + 1])}' is a value, not a section; cannot set '{dotted}'"
-            )
+            raise ConfigError(f"'{'.'.join(parts[: depth + 1])}' is a value, not a section; cannot set '{dotted}'")
         node = node.setdefault(part, {})
         node_schema = fields[part]
 

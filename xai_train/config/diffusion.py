@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from xai_train.config.gan import DataConfig, RunConfig
+from xai_train.config.common import DataConfig, EvalConfig, RunConfig
 
 
 @dataclass(frozen=True)
@@ -119,4 +119,5 @@ class DiffusionExperiment:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     importance_weight: ImportanceWeightConfig = field(default_factory=ImportanceWeightConfig)
     importance_noise: ImportanceNoiseConfig = field(default_factory=ImportanceNoiseConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     log_maps_every: int = 100  # importance maps / weights / noise scales to TensorBoard
