@@ -93,15 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(config.run.seed)  # identical initial weights on every rank
     data = config.data
-    dataset = build_dataset(
-        data.name,
-        root=data.root or None,
-        image_size=data.image_size,
-        channels=data.channels,
-        num_samples=data.num_samples or None,
-        seed=config.run.seed,
-        fraction=data.fraction,
-    )
+    dataset = build_dataset(**data.dataset_kwargs(config.run.seed))
     u, s = config.unet, config.scheduler
     unet = build_unet(
         data.image_size,
@@ -127,16 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         evaluation = config.eval
         callbacks.append(
             EvalMetrics(
-                data.name,  # compared against the whole dataset, also when data.fraction < 1
-                root=data.root or None,
-                image_size=data.image_size,
-                channels=data.channels,
-                every_n_steps=evaluation.every_n_steps,
-                num_samples=evaluation.num_samples,
-                metrics=evaluation.metrics,
-                monitor=evaluation.monitor,
-                batch_size=evaluation.batch_size,
-                seed=config.run.seed,
+                **evaluation.callback_kwargs(data, config.run.seed),
                 sample_fn=lambda n, generator: trainer_box[0].sample(n, config.train.sample_steps, generator),
             )
         )

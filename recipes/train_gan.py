@@ -37,16 +37,7 @@ def build_callbacks(config: GANExperiment, dataset: ImageDataset) -> list:
     if evaluation.enabled:
         callbacks.append(
             EvalMetrics(
-                data.name,  # the metrics compare against the whole dataset, also when data.fraction < 1
-                root=data.root or None,
-                image_size=data.image_size,
-                channels=data.channels,
-                every_n_steps=evaluation.every_n_steps,
-                num_samples=evaluation.num_samples,
-                metrics=evaluation.metrics,
-                monitor=evaluation.monitor,
-                batch_size=evaluation.batch_size,
-                seed=config.run.seed,
+                **evaluation.callback_kwargs(data, config.run.seed),
             )
         )
     return callbacks
@@ -91,15 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(config.run.seed)  # identical initial weights on every rank
     data = config.data
-    dataset = build_dataset(
-        data.name,
-        root=data.root or None,
-        image_size=data.image_size,
-        channels=data.channels,
-        num_samples=data.num_samples or None,
-        seed=config.run.seed,
-        fraction=data.fraction,
-    )
+    dataset = build_dataset(**data.dataset_kwargs(config.run.seed))
     model = config.model
     generator, discriminator = build_gan(
         model.arch,

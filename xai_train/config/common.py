@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,18 @@ class DataConfig:
     num_samples: int = 0  # 0 = the whole dataset (shapes: 10,000 images)
     fraction: float = 1.0  # keep a seeded random subset (the paper's "20% of the data" claim)
 
+    def dataset_kwargs(self, seed: int) -> dict[str, Any]:
+        """Keyword arguments of ``xai_train.data.build_dataset`` for this section."""
+        return dict(
+            name=self.name,
+            root=self.root or None,
+            image_size=self.image_size,
+            channels=self.channels,
+            num_samples=self.num_samples or None,
+            seed=seed,
+            fraction=self.fraction,
+        )
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -34,3 +47,19 @@ class EvalConfig:
     metrics: tuple[str, ...] = ("fd", "kid")  # fd | kid | pr (precision/recall)
     monitor: str = "fd"  # the metric that picks checkpoints/best
     batch_size: int = 256
+
+    def callback_kwargs(self, data: DataConfig, seed: int) -> dict[str, Any]:
+        """Keyword arguments of ``callbacks.EvalMetrics``: the real set is the whole dataset, also when
+        ``data.fraction < 1``."""
+        return dict(
+            dataset=data.name,
+            root=data.root or None,
+            image_size=data.image_size,
+            channels=data.channels,
+            every_n_steps=self.every_n_steps,
+            num_samples=self.num_samples,
+            metrics=self.metrics,
+            monitor=self.monitor,
+            batch_size=self.batch_size,
+            seed=seed,
+        )
