@@ -20,6 +20,7 @@ results.md, <metric>_curves.png (metric vs step and vs wall-clock, mean ± std b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -52,7 +53,7 @@ def with_extra_overrides(spec: AblationSpec, settings: list[str]) -> AblationSpe
     extra = dict(parse_override(text) for text in settings)
     if any(key.startswith("run.") for key in extra):
         raise ConfigError("--set run.* is not allowed: the runner sets run.name/output_dir/seed per cell")
-    return AblationSpec(**{**spec.__dict__, "overrides": {**spec.overrides, **extra}})
+    return dataclasses.replace(spec, overrides={**spec.overrides, **extra})
 
 
 def main(argv: list[str] | None = None) -> int:

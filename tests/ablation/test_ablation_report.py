@@ -1,0 +1,98 @@
+"""Aggregation of a synthetic ablation directory: per-cell reading, means/stds/CI, CSV, Markdown, PNG, HParams."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy import stats as scipy_stats
+
+from xai_train.ablation.report import write_report
+from xai_train.ablation.results import collect_cells, read_metrics_jsonl
+from xai_train.ablation.spec import AblationSpec, Arm
+
+# Final FD per seed: vanilla 10, 12, 14 (mean 12, std 2); xai 8, 9, 10 (mean 9, std 1).
+FINAL = {"vanilla": [10.0, 12.0, 14.0], "xai": [8.0, 9.0, 10.0]}
+HALFWAY = {"vanilla": [20.0, 20.0, 13.0], "xai": [16.0, 18.0, 20.0]}  # vanilla seed 2: best FD 13 at step 5
+TRAIN_SECONDS = {"vanilla": [100.0, 110.0, 120.0], "xai": [150.0, 150.0, 150.0]}
+
+
+def write_cell(directory: Path, fd_half: float, fd_final: float, seconds: float, steps: int = 10) -> None:
+    directory.mkdir(parents=True)
+    records = [
+        {"step": 5, "extractor": "fake-cnn", "fd": fd_half, "kid": fd_half / 10, "num_samples": 100},
+        {"step": 10, "extractor": "fake-cnn", "fd": 99.0, "kid": 9.9, "num_samples": 100},  # before a resume
+        {"step": 10, "extractor": "fake-cnn", "fd": fd_final, "kid": fd_final / 10, "num_samples": 100},
+    ]
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = {"steps": steps, "max_steps": 10, "train_seconds": seconds, "median_step_time": seconds / 1000}
+    (directory / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def ablation(tmp_path):
+    for arm in FINAL:
+        for seed in range(3):
+            write_cell(tmp_path / arm / f"seed_{seed}", HALFWAY[arm][seed], FINAL[arm][seed], TRAIN_SECONDS[arm][seed])
+    write_cell(tmp_path / "xai" / "seed_3", 1.0, 1.0, 1.0, steps=5)  # killed half-way: not aggregated
+    spec = AblationSpec(
+        "synthetic",
+        "recipes/train_gan.py",
+        "base.yaml",
+        (Arm("vanilla", {}, True), Arm("xai", {"xai.enabled": True, "xai.alpha": 0.2})),
+    )
+    return spec, tmp_path
+
+
+def test_the_last_line_of_a_step_wins(ablation):
+    _, directory = ablation
+    records = read_metrics_jsonl(directory / "vanilla" / "seed_0" / "metrics.jsonl")
+    assert [(r["step"], r["fd"]) for r in records] == [(5, 20.0), (10, 10.0)]
+    cells = collect_cells(directory, ["vanilla", "xai"])
+    assert [(c.arm, c.seed, c.finished) for c in cells][-2:] == [("xai", 2, True), ("xai", 3, False)]
+
+
+def test_results_csv_holds_hand_computed_means_stds_and_ci(ablation):
+    spec, directory = ablation
+    write_report(spec, directory, command="python recipes/ablate.py synthetic.yaml")
+    rows = {row["arm"]: row for row in csv.DictReader(open(directory / "results.csv"))}
+    vanilla, xai = rows["vanilla"], rows["xai"]
+    assert vanilla["n"] == "3" and xai["n"] == "3" and xai["seeds"] == "0 1 2"  # the killed seed 3 is left out
+    assert float(vanilla["final_fd_mean"]) == 12.0 and float(vanilla["final_fd_std"]) == 2.0
+    assert float(xai["final_fd_mean"]) == 9.0 and float(xai["final_fd_std"]) == 1.0
+    assert float(vanilla["best_fd_mean"]) == pytest.approx((10 + 12 + 13) / 3)  # seed 2's best is at step 5
+    assert float(xai["final_kid_mean"]) == pytest.approx(0.9)
+    # Welch: se^2 = 4/3 + 1/3, df = 50/17 (see test_ablation_stats); relative = -3 / 12.
+    half = scipy_stats.t.ppf(0.975, 50 / 17) * math.sqrt(5 / 3)
+    assert float(xai["final_fd_rel_change"]) == -0.25
+    assert float(xai["final_fd_diff_ci_low"]) == pytest.approx(-3 - half)
+    assert float(xai["final_fd_rel_ci_high"]) == pytest.approx((-3 + half) / 12)
+    assert float(xai["train_seconds_mean"]) == 150.0 and float(xai["train_seconds_rel_change"]) == pytest.approx(
+        40 / 110
+    )
+    assert float(vanilla["final_fd_rel_change"]) == 0.0
+    cells = list(csv.DictReader(open(directory / "cells.csv")))
+    assert len(cells) == 7 and cells[-1]["finished"] == "False"
+
+
+def test_markdown_png_and_hparams(ablation):
+    spec, directory = ablation
+    written = write_report(spec, directory, command="python recipes/ablate.py synthetic.yaml")
+    text = (directory / "results.md").read_text()
+    assert "`fake-cnn`" in text and "100 generated samples" in text
+    assert "| **vanilla** | 3 | 12 ± 2 | 11.7 ± 1.53 | — |" in text
+    assert "| xai | 3 | 9 ± 1 | 9 ± 1 | -25% [-60%, +10%] |" in text
+    assert "+36% [" in text  # train time 150 vs 110 s
+    assert "`xai.enabled=true`, `xai.alpha=0.2`" in text
+    assert "![fd_curves.png](fd_curves.png)" in text and "python recipes/ablate.py synthetic.yaml" in text
+    assert "| xai | 3 | unfinished |" in text
+    for name in ("fd_curves.png", "kid_curves.png"):
+        assert (directory / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = sorted((directory / "hparams").rglob("events.out.tfevents.*"))
+    assert len(events) == 6 and {p.parent.parent.name for p in events} == {"vanilla", "xai"}
+    assert directory / "results.md" in written
+    write_report(spec, directory)  # re-aggregating replaces the HParams runs instead of adding to them
+    assert len(sorted((directory / "hparams").rglob("events.out.tfevents.*"))) == 6

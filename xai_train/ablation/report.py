@@ -1,0 +1,219 @@
+"""The ablation report: ``results.csv`` (per arm), ``cells.csv`` (per cell), ``results.md``, PNG plots, HParams.
+
+Every number in the Markdown names its feature extractor and sample count; the relative change vs the
+baseline carries a 95% Welch-t interval (see ``xai_train.ablation.stats``). An interval that contains 0 means
+the difference is within seed-to-seed noise at this number of seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from xai_train.ablation.hparams import write_hparams
+from xai_train.ablation.plots import arm_curves, plot_curves
+from xai_train.ablation.results import ArmResult, aggregate, cell_row, collect_cells, quantities
+from xai_train.ablation.spec import AblationSpec, format_value
+from xai_train.ablation.stats import Summary, format_mean_std, format_relative
+from xai_train.benchmark import markdown_table
+
+LABELS = {"fd": "FD", "kid": "KID", "precision": "precision", "recall": "recall"}
+
+
+def arm_table_rows(results: Sequence[ArmResult], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """``results.csv`` rows: per arm and quantity ``<q>_mean``, ``<q>_std`` and the comparison columns.
+
+    Example:
+        >>> from xai_train.ablation.results import aggregate
+        >>> rows = [{"arm": a, "seed": s, "finished": True, "final_fd": v}
+        ...         for a, vals in (("b", [1.0, 2.0, 3.0]), ("x", [2.0, 4.0, 6.0])) for s, v in enumerate(vals)]
+        >>> table = arm_table_rows(aggregate(rows, ["b", "x"], "b", ["fd"]), ["fd"])
+        >>> table[1]["final_fd_mean"], table[1]["final_fd_std"], table[1]["final_fd_rel_change"]
+        (4.0, 2.0, 1.0)
+    """
+    table = []
+    for result in results:
+        row: dict[str, Any] = {
+            "arm": result.arm,
+            "baseline": result.baseline,
+            "n": result.n,
+            "seeds": " ".join(map(str, result.seeds)),
+        }
+        for column in quantities(metrics):
+            summary, comparison = result.summaries[column], result.comparisons[column]
+            row[f"{column}_mean"], row[f"{column}_std"] = summary.mean, summary.std
+            row[f"{column}_diff"] = comparison.difference
+            row[f"{column}_diff_ci_low"], row[f"{column}_diff_ci_high"] = comparison.low, comparison.high
+            row[f"{column}_rel_change"] = comparison.relative
+            row[f"{column}_rel_ci_low"], row[f"{column}_rel_ci_high"] = (
+                comparison.relative_low,
+                comparison.relative_high,
+            )
+            row[f"{column}_p_welch"] = comparison.p_value
+        table.append(row)
+    return table
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Writes dict rows as CSV (columns: the union of keys, first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    path = Path(path)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def markdown_report(
+    spec: AblationSpec,
+    results: Sequence[ArmResult],
+    rows: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str],
+    plots: Sequence[str] = (),
+    command: str = "",
+) -> str:
+    """The ``results.md`` text: settings, the per-arm table, the arms' overrides, per-cell values, plots.
+
+    Args:
+        spec: the ablation.
+        results: from ``aggregate``.
+        rows: ``cell_row`` dicts (the per-cell table; also the extractor and sample count).
+        metrics: metric names present.
+        plots: PNG file names (relative to the Markdown file) to embed.
+        command: the command that produced the runs.
+
+    Returns:
+        Markdown text.
+    """
+    finished = [row for row in rows if row.get("finished")]
+    extractors = sorted({str(row["extractor"]) for row in finished if row.get("extractor")})
+    samples = sorted({int(row["num_samples"]) for row in finished if row.get("num_samples")})
+    extractor = ", ".join(f"`{name}`" for name in extractors) or "n/a"
+    baseline = spec.baseline.name
+    lines = [f"# Ablation `{spec.name}`", ""]
+    if spec.description:
+        lines += [spec.description, ""]
+    lines += [
+        f"- recipe `{spec.recipe}`, base config `{spec.base}`; common overrides: "
+        + (", ".join(f"`{k}={format_value(v)}`" for k, v in spec.overrides.items()) or "none"),
+        f"- {len(finished)} finished cells of {len(rows)} found; baseline arm: `{baseline}`",
+        f"- metrics on the feature extractor {extractor}, {', '.join(map(str, samples)) or '?'} generated samples "
+        "per evaluation (FD below ~5k samples is biased upward: compare only within this table)",
+    ]
+    if command:
+        lines.append(f"- command: `{command}`")
+    header = ["arm", "n"]
+    for name in metrics:
+        label = LABELS.get(name, name)
+        header += [f"final {label}", f"best {label}", f"Δ final {label} vs {baseline} (95% CI)"]
+    header += ["train time (s)", "Δ time", "step (ms)"]
+    table = []
+    for result in results:
+        line = [f"**{result.arm}**" if result.baseline else result.arm, str(result.n)]
+        for name in metrics:
+            line += [
+                format_mean_std(result.summaries[f"final_{name}"]),
+                format_mean_std(result.summaries[f"best_{name}"]),
+                "—" if result.baseline else format_relative(result.comparisons[f"final_{name}"]),
+            ]
+        step = result.summaries["median_step_time"]
+        line += [
+            format_mean_std(result.summaries["train_seconds"]),
+            "—" if result.baseline else format_relative(result.comparisons["train_seconds"]),
+            format_mean_std(Summary(step.mean * 1000, step.std * 1000, step.n)),
+        ]
+        table.append(line)
+    lines += [
+        "",
+        f"Feature extractor: {extractor}. Mean ± std over seeds (sample std). *final* = last evaluation, "
+        "*best* = best evaluation of that metric during the run (optimistic: picked on the evaluation set). "
+        f"Δ = relative change of the mean vs `{baseline}` with a 95% Welch-t interval (see "
+        "`xai_train/ablation/stats.py`); an interval containing 0 is within seed noise. *train time* = the "
+        "training loop's wall-clock (`summary.json` `train_seconds`: evaluations and checkpoints included, summed "
+        "over resumes); *step* = median generator/UNet step. Lower is better for FD, KID and time.",
+        "",
+        markdown_table(header, table),
+        "",
+    ]
+    arms = [
+        [arm.name, ", ".join(f"`{k}={format_value(v)}`" for k, v in arm.overrides.items()) or "(common only)"]
+        for arm in spec.arms
+    ]
+    lines += ["## Arms", "", markdown_table(["arm", "overrides"], arms), ""]
+    for plot in plots:
+        lines += [f"![{plot}]({plot})", ""]
+    cell_header = (
+        ["arm", "seed"]
+        + [f"final {LABELS.get(m, m)}" for m in metrics]
+        + [f"best {LABELS.get(m, m)} (step)" for m in metrics]
+        + ["train time (s)"]
+    )
+    cells = []
+    for row in rows:
+        if not row.get("finished"):
+            cells.append([row["arm"], str(row["seed"]), *["unfinished"] * (2 * len(metrics) + 1)])
+            continue
+        cells.append(
+            [row["arm"], str(row["seed"])]
+            + [_number(row.get(f"final_{m}")) for m in metrics]
+            + [f"{_number(row.get(f'best_{m}'))} ({row.get(f'best_{m}_step', '?')})" for m in metrics]
+            + [_number(row.get("train_seconds"))]
+        )
+    lines += ["## Cells", "", markdown_table(cell_header, cells), ""]
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+
+
+def write_report(spec: AblationSpec, ablation_dir: str | Path, *, command: str = "") -> list[Path]:
+    """Aggregates an ablation directory: CSVs, Markdown, one PNG per metric, and TensorBoard HParams.
+
+    Args:
+        spec: the ablation (arm order, baseline, headline metric).
+        ablation_dir: where the cells are.
+        command: the command that produced the runs (default: ``ablate_command.txt`` if present).
+
+    Returns:
+        The files and folders written.
+    """
+    ablation_dir = Path(ablation_dir)
+    ablation_dir.mkdir(parents=True, exist_ok=True)
+    if not command and (ablation_dir / "ablate_command.txt").is_file():
+        command = (ablation_dir / "ablate_command.txt").read_text().strip()
+    arms = [arm.name for arm in spec.arms]
+    cells = collect_cells(ablation_dir, arms)
+    rows = [cell_row(cell) for cell in cells]
+    metrics = [name for name in LABELS if any(f"final_{name}" in row for row in rows if row.get("finished"))]
+    metrics.sort(key=lambda name: name != spec.metric)  # the headline metric first
+    results = aggregate(rows, arms, spec.baseline.name, metrics)
+    written = [
+        write_csv(arm_table_rows(results, metrics), ablation_dir / "results.csv"),
+        write_csv(rows, ablation_dir / "cells.csv"),
+    ]
+    extractors = sorted({str(row["extractor"]) for row in rows if row.get("finished") and row.get("extractor")})
+    plots = []
+    for name in metrics:
+        label = f"{LABELS.get(name, name)} [{', '.join(extractors)}]"
+        path = plot_curves(
+            arm_curves(cells, name, arms),
+            name,
+            ablation_dir / f"{name}_curves.png",
+            title=f"{spec.name}: {label}, mean ± std over seeds",
+            ylabel=label,
+            baseline=spec.baseline.name,
+        )
+        plots.append(path.name)
+        written.append(path)
+    text = markdown_report(spec, results, rows, metrics, plots, command)
+    (ablation_dir / "results.md").write_text(text)
+    written.append(ablation_dir / "results.md")
+    written.append(write_hparams(rows, {arm.name: arm.overrides for arm in spec.arms}, ablation_dir / "hparams"))
+    return written

@@ -1,0 +1,284 @@
+"""Ablation specs: the YAML file, its arms and grid, and their expansion into cells (arm x seed).
+
+An ablation YAML names the recipe script, a base config, common overrides, arms and/or a grid, and seeds::
+
+    recipe: recipes/train_gan.py
+    base: configs/gan/dcgan_digits.yaml
+    schema: xai_train.config.gan:GANExperiment   # optional: overrides are checked before anything runs
+    metric: fd                                   # the headline metric (plots, relative change)
+    output_dir: runs/ablation/xaigan_alpha
+    seeds: [0, 1, 2]
+    overrides: {train.max_steps: 1000, eval.enabled: true}
+    arms:
+      - {name: vanilla, baseline: true}
+      - name: xaigan
+        overrides: {xai.enabled: true}
+        grid: {xai.alpha: [0.1, 0.2]}            # expands this arm: xaigan-alpha=0.1, xaigan-alpha=0.2
+    grid: {}                                     # top level: crossed with every arm
+
+Everything here is pure: no file is written and nothing is run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xai_train.config import ConfigError, load_config, read_yaml
+
+SPEC_KEYS = ("recipe", "base", "schema", "metric", "output_dir", "seeds", "overrides", "arms", "grid", "description")
+ARM_KEYS = ("name", "baseline", "overrides", "grid", "description")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration under test: a name and its dotted overrides (on top of the common ones)."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    baseline: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """A parsed ablation YAML (see the module docstring for the format)."""
+
+    name: str
+    recipe: str
+    base: str
+    arms: tuple[Arm, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    schema: str = ""
+    metric: str = "fd"
+    output_dir: str = ""
+    description: str = ""
+
+    @property
+    def baseline(self) -> Arm:
+        return next(arm for arm in self.arms if arm.baseline)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: an arm with one seed. ``overrides`` are complete (common + arm), ``run.*`` excluded."""
+
+    arm: str
+    seed: int
+    overrides: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm}/seed_{self.seed}"
+
+
+def format_value(value: Any) -> str:
+    """An override value as the recipe's command line parses it back (YAML flow style).
+
+    Example:
+        >>> format_value(0.2), format_value(True), format_value([0.5, 0.99]), format_value("grad")
+        ('0.2', 'true', '[0.5, 0.99]', 'grad')
+    """
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def grid_combinations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of a grid of dotted keys (first key varies slowest).
+
+    Example:
+        >>> grid_combinations({"a.x": [1, 2], "b": ["u", "v"]})
+        [{'a.x': 1, 'b': 'u'}, {'a.x': 1, 'b': 'v'}, {'a.x': 2, 'b': 'u'}, {'a.x': 2, 'b': 'v'}]
+        >>> grid_combinations({})
+        [{}]
+    """
+    for key, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ConfigError(f"grid '{key}' must be a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def combination_name(prefix: str, combo: Mapping[str, Any]) -> str:
+    """Arm name of one grid combination: the prefix, then ``<last key part>=<value>`` joined by ``-``.
+
+    Example:
+        >>> combination_name("xaigan", {"xai.alpha": 0.5, "xai.method": "grad"})
+        'xaigan-alpha=0.5-method=grad'
+    """
+    parts = [f"{key.rsplit('.', 1)[-1]}={format_value(value)}" for key, value in combo.items()]
+    return "-".join(([prefix] if prefix else []) + parts)
+
+
+def expand_arms(arms: Sequence[Arm | Mapping[str, Any]], grid: Mapping[str, Sequence[Any]] | None = None) -> list[Arm]:
+    """Expands arms (each may carry its own ``grid``) and crosses them with a top-level ``grid``.
+
+    Args:
+        arms: ``Arm`` objects or YAML mappings with ``name``, ``overrides``, ``baseline``, ``grid``.
+            Empty: one unnamed arm, so a pure grid works.
+        grid: dotted key -> list of values, crossed with every arm.
+
+    Returns:
+        The arms in order; exactly one is the baseline: the marked arm (its first grid combination if it
+        is expanded), else the first arm.
+
+    Raises:
+        ConfigError: a duplicate name, an unknown arm key, or two marked baselines.
+
+    Example:
+        >>> arms = expand_arms([{"name": "vanilla", "baseline": True},
+        ...                     {"name": "xai", "overrides": {"xai.enabled": True}, "grid": {"xai.alpha": [0.1, 1.0]}}])
+        >>> [(a.name, a.overrides, a.baseline) for a in arms]  # doctest: +NORMALIZE_WHITESPACE
+        [('vanilla', {}, True), ('xai-alpha=0.1', {'xai.enabled': True, 'xai.alpha': 0.1}, False),
+         ('xai-alpha=1.0', {'xai.enabled': True, 'xai.alpha': 1.0}, False)]
+    """
+    expanded: list[Arm] = []
+    for index, raw in enumerate(arms or [{"name": ""}]):
+        if not isinstance(raw, (Arm, Mapping)):
+            raise ConfigError(f"arm #{index + 1} must be a mapping with 'name' and 'overrides', got {raw!r}")
+        entry = dataclasses.asdict(raw) if isinstance(raw, Arm) else raw
+        unknown = sorted(set(entry) - set(ARM_KEYS))
+        if unknown:
+            raise ConfigError(f"arm #{index + 1}: unknown key '{unknown[0]}'; valid keys: {', '.join(ARM_KEYS)}")
+        name, own_grid = str(entry.get("name", "")), dict(entry.get("grid") or {})
+        if (not name and arms) or "/" in name or name != name.strip():
+            raise ConfigError(f"arm #{index + 1}: name {name!r} must be non-empty, without '/' or outer spaces")
+        for position, combo in enumerate(grid_combinations({**own_grid, **dict(grid or {})})):
+            overrides = {**dict(entry.get("overrides") or {}), **combo}
+            baseline = bool(entry.get("baseline")) and position == 0  # a gridded baseline: its first combination
+            expanded.append(
+                Arm(combination_name(name, combo) or "default", overrides, baseline, str(entry.get("description", "")))
+            )
+    names = [arm.name for arm in expanded]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"duplicate arm name '{duplicates[0]}'")
+    marked = [arm.name for arm in expanded if arm.baseline]
+    if len(marked) > 1:
+        raise ConfigError(f"more than one baseline arm: {', '.join(marked)}; mark exactly one")
+    if not marked:
+        expanded[0] = Arm(expanded[0].name, expanded[0].overrides, True, expanded[0].description)
+    return expanded
+
+
+def expand_cells(
+    spec: AblationSpec, seeds: Sequence[int] | None = None, only_arms: Sequence[str] | None = None
+) -> list[Cell]:
+    """Cells of an ablation, seed-major: every arm with the first seed, then every arm with the next.
+
+    Seed-major order means a run cut short still has every arm at equal seed counts, and a slow phase of a
+    shared machine hits every arm alike.
+
+    Args:
+        spec: the ablation.
+        seeds: replaces ``spec.seeds`` when given.
+        only_arms: keep only these arms (names as expanded).
+
+    Returns:
+        One ``Cell`` per (arm, seed), with common overrides then the arm's (the arm wins).
+
+    Raises:
+        ConfigError: an unknown arm name in ``only_arms``.
+
+    Example:
+        >>> spec = AblationSpec("demo", "recipes/train_gan.py", "base.yaml",
+        ...                     (Arm("a", {"x": 1}, True), Arm("b", {"x": 2})), seeds=(0, 1), overrides={"y": 0})
+        >>> [c.key for c in expand_cells(spec)]
+        ['a/seed_0', 'b/seed_0', 'a/seed_1', 'b/seed_1']
+        >>> [(c.key, c.overrides) for c in expand_cells(spec, only_arms=["b"])]
+        [('b/seed_0', {'y': 0, 'x': 2}), ('b/seed_1', {'y': 0, 'x': 2})]
+    """
+    names = [arm.name for arm in spec.arms]
+    for name in only_arms or ():
+        if name not in names:
+            raise ConfigError(f"unknown arm '{name}' in ablation '{spec.name}'; arms: {', '.join(names)}")
+    arms = [arm for arm in spec.arms if not only_arms or arm.name in only_arms]
+    chosen = tuple(spec.seeds if seeds is None else seeds)
+    return [Cell(arm.name, int(seed), {**spec.overrides, **arm.overrides}) for seed in chosen for arm in arms]
+
+
+def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -> AblationSpec:
+    """Builds an ``AblationSpec`` from a YAML mapping; errors name ``source`` and the offending key."""
+    unknown = sorted(set(data) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{unknown[0]}'; valid keys: {', '.join(SPEC_KEYS)}")
+    for required in ("recipe", "base"):
+        if not data.get(required):
+            raise ConfigError(
+                f"{source}: missing '{required}' (the {'recipe script' if required == 'recipe' else 'base config'})"
+            )
+    seeds = data.get("seeds", [0, 1, 2])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise ConfigError(f"{source}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    for section in ("overrides", "grid"):
+        if not isinstance(data.get(section) or {}, Mapping):
+            raise ConfigError(f"{source}: '{section}' must be a mapping of dotted keys")
+    if any(str(key).startswith("run.") for key in (data.get("overrides") or {})):
+        raise ConfigError(f"{source}: 'run.*' is set per cell by the runner; remove it from 'overrides'")
+    try:
+        arms = expand_arms(data.get("arms") or [], data.get("grid") or {})
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err
+    return AblationSpec(
+        name=name,
+        recipe=str(data["recipe"]),
+        base=str(data["base"]),
+        arms=tuple(arms),
+        seeds=tuple(seeds),
+        overrides=dict(data.get("overrides") or {}),
+        schema=str(data.get("schema", "")),
+        metric=str(data.get("metric", "fd")),
+        output_dir=str(data.get("output_dir", "")),
+        description=str(data.get("description", "")).strip(),
+    )
+
+
+def load_spec(path: str | Path, root: str | Path = ".") -> AblationSpec:
+    """Reads an ablation YAML and checks that its recipe and base config exist (relative to ``root``).
+
+    Args:
+        path: the ablation YAML; its stem names the ablation.
+        root: the directory the ``recipe`` and ``base`` paths are relative to (the repository root).
+
+    Raises:
+        ConfigError: unreadable file, unknown key, or a missing recipe/base file (the message names it).
+    """
+    path = Path(path)
+    spec = parse_spec(read_yaml(path), path.stem, str(path))
+    for key, value in (("recipe", spec.recipe), ("base", spec.base)):
+        if not (Path(root) / value).is_file():
+            raise ConfigError(f"{path}: {key} '{value}' does not exist (paths are relative to {Path(root).resolve()})")
+    return spec
+
+
+def validate_cells(spec: AblationSpec, cells: Sequence[Cell], root: str | Path = ".") -> None:
+    """Builds every cell's config with ``spec.schema`` (if set): a typo fails before any run starts.
+
+    Raises:
+        ConfigError: naming the arm and the bad key or value.
+    """
+    if not spec.schema:
+        return
+    module_name, _, class_name = spec.schema.partition(":")
+    try:
+        schema = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"ablation '{spec.name}': schema '{spec.schema}' cannot be imported ({err})") from err
+    for cell in cells:
+        try:
+            load_config(schema, Path(root) / spec.base, [f"{k}={format_value(v)}" for k, v in cell.overrides.items()])
+        except ConfigError as err:
+            raise ConfigError(f"ablation '{spec.name}', arm '{cell.arm}': {err}") from err
