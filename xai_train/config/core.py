@@ -151,16 +151,6 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Builds a config: schema defaults, then the YAML file, then ``key=value`` overrides.
 
@@ -228,13 +218,3 @@ def save_config(config: Any, path: str | Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     tmp.replace(path)
-
-
-def replace(config: T, **changes: Any) -> T:
-    """``dataclasses.replace`` re-exported for frozen configs."""
-    return dataclasses.replace(config, **changes)
-
-
-def merge_dicts(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merges two config trees (``extra`` wins)."""
-    return _deep_merge(dict(base), extra)
