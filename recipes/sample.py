@@ -13,6 +13,7 @@ in [0, 1]; seed; steps). Default <out>: <run>/sampled/seed<seed>_steps<steps>.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -47,15 +48,7 @@ def checkpoint_folder(run_dir: Path, name: str) -> Path:
 def pipeline_from_checkpoint(config: DiffusionExperiment, folder: Path) -> DiffusionPipeline:
     """Rebuilds the run's models from its config and loads a checkpoint (EMA weights when the run kept them)."""
     data, u, s = config.data, config.unet, config.scheduler
-    unet = build_unet(
-        data.image_size,
-        data.channels,
-        u.block_out_channels,
-        u.layers_per_block,
-        u.attention,
-        u.norm_num_groups,
-        u.dropout,
-    )
+    unet = build_unet(data.image_size, data.channels, **dataclasses.asdict(u))  # UNetConfig = build_unet's options
     unet.load_state_dict(load_file(folder / "model.safetensors"))  # Accelerate saves the first prepared model first
     ema = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=True).get("ema")
     if ema is not None:

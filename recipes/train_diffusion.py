@@ -16,6 +16,7 @@ Sample a finished run with recipes/sample.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -95,15 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = config.data
     dataset = build_dataset(**data.dataset_kwargs(config.run.seed))
     u, s = config.unet, config.scheduler
-    unet = build_unet(
-        data.image_size,
-        data.channels,
-        u.block_out_channels,
-        u.layers_per_block,
-        u.attention,
-        u.norm_num_groups,
-        u.dropout,
-    )
+    unet = build_unet(data.image_size, data.channels, **dataclasses.asdict(u))  # UNetConfig = build_unet's options
     noise_scheduler = build_noise_scheduler(s.num_train_timesteps, s.beta_schedule, s.prediction_type, s.clip_sample)
     discriminator = None
     if config.discriminator.enabled:

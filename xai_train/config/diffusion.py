@@ -19,6 +19,8 @@ class DiffusionRunConfig(RunConfig):
 
 @dataclass(frozen=True)
 class UNetConfig:
+    """The keyword arguments of ``xai_train.diffusion.models.build_unet`` (recipes pass them as a dict)."""
+
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # 1.1M parameters: trains on 2 CPU cores at 32x32
     layers_per_block: int = 1
     attention: bool = False  # self-attention at the lowest resolution, as in diffusers' example; slow on CPU
