@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
+
+from xai_train.config.core import save_config
 
 TRACKER_PROJECT = "xai_train"
 
@@ -45,14 +46,10 @@ def make_accelerator(
         raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
     project = None
     if run_dir is not None:
-        project = ProjectConfiguration(
-            project_dir=str(run_dir), logging_dir=str(Path(run_dir) / "tensorboard")
-        )
+        project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(Path(run_dir) / "tensorboard"))
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
-        gradient_accumulation_plugin=GradientAccumulationPlugin(
-            num_steps=grad_accum_steps, sync_with_dataloader=False
-        ),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum_steps, sync_with_dataloader=False),
         log_with="tensorboard" if (log and run_dir is not None) else None,
         project_config=project,
         cpu=cpu,
@@ -69,9 +66,7 @@ def start_run(accelerator: Accelerator, run_dir: str | Path | None, config: Mapp
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
-            tmp = run_dir / "config.yaml.tmp"
-            tmp.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-            tmp.replace(run_dir / "config.yaml")
+            save_config(config, run_dir / "config.yaml")
     if accelerator.log_with:
         accelerator.init_trackers(TRACKER_PROJECT, config=_flat_hparams(config or {}))
     accelerator.wait_for_everyone()
@@ -93,9 +88,7 @@ def _flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]
 
 def progress_bar(accelerator: Accelerator, total: int, initial: int = 0, desc: str = "train") -> tqdm:
     """A tqdm bar shown on the main process only."""
-    return tqdm(
-        total=total, initial=initial, desc=desc, disable=not accelerator.is_main_process, dynamic_ncols=True
-    )
+    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_main_process, dynamic_ncols=True)
 
 
 class StepTimer:
