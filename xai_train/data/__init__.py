@@ -20,11 +20,13 @@ from xai_train.data.dataset import DataError, ImageDataset, derive_seed, random_
 from xai_train.data.digits import load_digits_dataset
 from xai_train.data.folder import load_image_folder
 from xai_train.data.idx import load_mnist, read_idx
+from xai_train.data.parts_shapes import PART_NAMES, make_parts_shapes, parts_shapes_layout
 from xai_train.data.shapes import SHAPE_NAMES, make_shapes
 
 __all__ = [
     "DATASET_NAMES",
     "SHAPE_NAMES",
+    "PART_NAMES",
     "DataError",
     "ImageDataset",
     "NumpyOnlyUnpickler",
@@ -35,7 +37,9 @@ __all__ = [
     "load_digits_dataset",
     "load_image_folder",
     "load_mnist",
+    "make_parts_shapes",
     "make_shapes",
+    "parts_shapes_layout",
     "random_indices",
     "read_cifar_batch",
     "read_idx",

@@ -10,9 +10,10 @@ from xai_train.data.dataset import DataError, ImageDataset
 from xai_train.data.digits import load_digits_dataset
 from xai_train.data.folder import load_image_folder
 from xai_train.data.idx import load_mnist
+from xai_train.data.parts_shapes import make_parts_shapes
 from xai_train.data.shapes import make_shapes
 
-DATASET_NAMES = ("digits", "shapes", "mnist", "fashion_mnist", "cifar10", "folder")
+DATASET_NAMES = ("digits", "shapes", "parts_shapes", "mnist", "fashion_mnist", "cifar10", "folder")
 # Datasets read from local files (nothing is downloaded), and what ``root`` must hold for each.
 ROOT_CONTENTS = {
     "mnist": "the MNIST IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz])",
@@ -20,7 +21,7 @@ ROOT_CONTENTS = {
     "cifar10": "the CIFAR-10 python batches (data_batch_1..5) or the cifar-10-batches-py folder",
     "folder": "PNG/JPEG/BMP images, optionally in one subfolder per class",
 }
-SHAPES_DEFAULT_SAMPLES = 10_000  # shapes are generated: num_samples=None needs a count
+SHAPES_DEFAULT_SAMPLES = 10_000  # shapes and parts_shapes are generated: num_samples=None needs a count
 
 
 def build_dataset(
@@ -41,9 +42,10 @@ def build_dataset(
     same in every process (20% of the data is contained in 50% of it for the same seed).
 
     Args:
-        name: one of ``digits``, ``shapes``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``folder``.
+        name: one of ``digits``, ``shapes``, ``parts_shapes`` (2 classes, S >= 16), ``mnist``,
+            ``fashion_mnist``, ``cifar10``, ``folder``.
         root: folder with the local files (mnist, fashion_mnist, cifar10, folder); must be None for the
-            built-in digits and shapes.
+            built-in digits, shapes and parts_shapes.
         image_size: output side length S (>= 4).
         channels: 1 (grey) or 3 (RGB; grey data is repeated, RGB data converted with BT.601 luma for 1).
         num_samples: see above; >= 1 or None.
@@ -79,6 +81,9 @@ def build_dataset(
     elif name == "shapes":
         count = SHAPES_DEFAULT_SAMPLES if num_samples is None else num_samples
         dataset = make_shapes(count, image_size, channels, seed=seed)
+    elif name == "parts_shapes":
+        count = SHAPES_DEFAULT_SAMPLES if num_samples is None else num_samples
+        dataset = make_parts_shapes(count, image_size, channels, seed=seed)
     elif name in ("mnist", "fashion_mnist"):
         dataset = load_mnist(root, dataset=name, **files)
     elif name == "cifar10":
