@@ -203,9 +203,15 @@ def domain_feature_extractor(
         The extractor, with ``.name``, ``.num_features`` and ``.metadata["accuracy"]``.
 
     Example:
-        >>> extractor = domain_feature_extractor("digits", image_size=16)  # doctest: +SKIP
-        >>> extractor.name, round(extractor.metadata["accuracy"], 2)  # doctest: +SKIP
-        ('digits-16-cnn-...', 0.98)
+        A deliberately tiny recipe (5 steps) in a throw-away cache; the second call loads the cached file:
+
+        >>> import tempfile
+        >>> tiny = ClassifierRecipe(width=4, num_features=8, epochs=1, max_steps=5)
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     extractor = domain_feature_extractor("digits", image_size=16, recipe=tiny, cache_dir=cache)
+        ...     again = domain_feature_extractor("digits", image_size=16, recipe=tiny, cache_dir=cache)
+        >>> extractor.name.startswith("digits-16-cnn-"), extractor.num_features, again.metadata == extractor.metadata
+        (True, 8, True)
     """
     recipe = recipe or ClassifierRecipe()
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
