@@ -1,0 +1,40 @@
+"""Generative models as explainers of a classifier (DESIGN.md §11).
+
+* :func:`manifold_counterfactuals` — Dombrowski et al.: Adam in a generator's latent space from z₀ = g⁻¹(x)
+  until the classifier says the target class; :func:`pixel_adversarial` is the pixel-space comparison.
+* :class:`RealNVP`, :func:`train_flow`, :class:`FlowDecoder` — an exactly invertible generator;
+  :class:`GANDecoder` and :func:`invert_generator` — a GAN with the paper's Adam inversion;
+  :func:`load_gan_run` — G and D of a run of ``recipes/train_gan.py``.
+"""
+
+from xai_train.counterfactual.flow import RealNVP, checkerboard, train_flow
+from xai_train.counterfactual.generators import (
+    FlowDecoder,
+    GANDecoder,
+    Inversion,
+    LatentDecoder,
+    invert_generator,
+    load_gan_run,
+)
+from xai_train.counterfactual.manifold import (
+    CounterfactualResult,
+    as_targets,
+    manifold_counterfactuals,
+    pixel_adversarial,
+)
+
+__all__ = [
+    "CounterfactualResult",
+    "FlowDecoder",
+    "GANDecoder",
+    "Inversion",
+    "LatentDecoder",
+    "RealNVP",
+    "as_targets",
+    "checkerboard",
+    "invert_generator",
+    "load_gan_run",
+    "manifold_counterfactuals",
+    "pixel_adversarial",
+    "train_flow",
+]
