@@ -1,0 +1,55 @@
+"""Self-refining diffusion (Lee, Yu, Kim, Park, arXiv 2512.08774; DESIGN.md §9) on diffusers.
+
+A flaw highlighter (FH) trained on real vs generated images explains the model's own samples; the mean of
+its Grad-CAMs, the flaw activation map (FAM), amplifies the training noise where the samples are flawed
+(:mod:`~xai_train.diffusion.self_refine.fam`) and modulates the UNet's attention keys and values in training
+(:mod:`~xai_train.diffusion.self_refine.attention`). ``callbacks.SelfRefiningDiffusion`` decides when.
+"""
+
+from xai_train.diffusion.self_refine.attention import (
+    FamAttention,
+    FamAttnProcessor,
+    FamProjection,
+    attention_blocks,
+    key_value_scale,
+)
+from xai_train.diffusion.self_refine.fam import (
+    DIRECTIONS,
+    amplified_noise,
+    batch_mean_fam,
+    cam_layer,
+    fam_noise_scale,
+    fam_target,
+    flaw_maps,
+)
+from xai_train.diffusion.self_refine.highlighter import (
+    HighlighterReport,
+    OnlineHighlighter,
+    bce_loss,
+    build_highlighter,
+    highlighter_accuracy,
+    load_highlighter_folders,
+    train_highlighter,
+)
+
+__all__ = [
+    "DIRECTIONS",
+    "FamAttention",
+    "FamAttnProcessor",
+    "FamProjection",
+    "HighlighterReport",
+    "OnlineHighlighter",
+    "amplified_noise",
+    "attention_blocks",
+    "batch_mean_fam",
+    "bce_loss",
+    "build_highlighter",
+    "cam_layer",
+    "fam_noise_scale",
+    "fam_target",
+    "flaw_maps",
+    "highlighter_accuracy",
+    "key_value_scale",
+    "load_highlighter_folders",
+    "train_highlighter",
+]
