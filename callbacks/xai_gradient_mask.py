@@ -21,6 +21,7 @@ In a hand-written Accelerate loop (the ``# New Code #`` lines)::
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,32 +30,30 @@ import torch
 from torch import Tensor, nn
 
 from xai_train.callback import Callback, GradFn, TrainState
+from xai_train.checks import check_discriminator_output, check_generator_output
 from xai_train.explain import (
     FREE_METHOD,
     METHODS,
     MaskResult,
     attribute,
-    check_method,
     mask_statistics,
     saliency_grad_fn,
     scatter_mask,
     to_mask,
 )
 from xai_train.xaigan import (
+    PRESETS,
+    REFERENCE_METHODS,
     alpha_at,
     apply_rule,
-    check_rule,
+    check_xaigan_options,
     is_active,
     reference_mask,
     reference_selection,
     rejected,
 )
 
-PRESETS: tuple[str, ...] = ("reference",)
-"""``"reference"``: the xAI-GAN reference code's selection and mask (``xai_train.xaigan.reference``)."""
-
-REFERENCE_METHODS: tuple[str, ...] = ("saliency", "deeplift_shap", "lime")
-"""The explainers the reference code offers."""
+__all__ = ["PRESETS", "REFERENCE_METHODS", "XAIGradientMask"]
 
 
 class XAIGradientMask(Callback):
@@ -66,7 +65,9 @@ class XAIGradientMask(Callback):
         explainer_options: options of the explainer (``attribute``'s ``bn_mode``/``output`` and the
             method's own, e.g. ``{"baselines": real_batch}`` for ``deeplift_shap``).
         rule: ``"scale"`` (g ⊙ (1 + α·M)) or ``"product"`` (g ⊙ M).
-        alpha: α of the scale rule; 0.2 is the paper's value.
+        alpha: α of the scale rule; 0.2 is the paper's value. α in [-1, 0) damps the gradient where the
+            mask is high; α < -1 flips its sign there and is an error unless ``allow_sign_flip=True``.
+        allow_sign_flip: accept α < -1 (an explicit opt-in; see ``xai_train.xaigan.check_alpha``).
         alpha_warmup_steps: α ramps linearly from ``start_step`` over this many steps (0 = no ramp).
         only_rejected: explain only fakes D rejects (logit < 0, i.e. sigmoid < 0.5); the others keep their
             gradient unchanged under either rule.
@@ -81,6 +82,11 @@ class XAIGradientMask(Callback):
             ``"scale"``; ``method="grad"`` is not possible (its fill value 1 is not scale-free).
         absolute, reduce, blur_sigma, scope: mask options (``xai_train.explain.to_mask``).
         state_key: checkpoint key (unique within a CallbackList).
+
+    Every argument is checked here (``xai_train.xaigan.check_xaigan_options``, the same check as the
+    ``xai`` config section): ``XAIGradientMask(0.2)`` is a TypeError, not a method called ``0.2``.
+    ``on_generator_forward`` checks that ``fake`` is (B, C, H, W) and ``d_fake`` (B, 1), and warns once if
+    ``state.step`` never advances while ``start_step``/``every_n_steps``/``alpha_warmup_steps`` need it.
 
     Attributes:
         last_mask: (B, 1 or C, H, W) mask of the last masked step (zeros for unexplained samples), or None.
@@ -111,6 +117,7 @@ class XAIGradientMask(Callback):
         *,
         rule: str = "scale",
         alpha: float = 0.2,
+        allow_sign_flip: bool = False,
         alpha_warmup_steps: int = 0,
         only_rejected: bool = False,
         start_step: int = 0,
@@ -122,37 +129,33 @@ class XAIGradientMask(Callback):
         scope: str = "sample",
         state_key: str = "xai_gradient_mask",
     ) -> None:
-        if preset is not None and preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose None or one of: {', '.join(PRESETS)}")
+        self.method, self.explainer_options = check_xaigan_options(
+            method,
+            explainer_options,
+            rule=rule,
+            alpha=alpha,
+            allow_sign_flip=allow_sign_flip,
+            alpha_warmup_steps=alpha_warmup_steps,
+            only_rejected=only_rejected,
+            start_step=start_step,
+            every_n_steps=every_n_steps,
+            preset=preset,
+            absolute=absolute,
+            reduce=reduce,
+            blur_sigma=blur_sigma,
+            scope=scope,
+        )
         self.preset = preset
-        self.method = method or ("saliency" if preset == "reference" else FREE_METHOD)
-        if self.method == FREE_METHOD and preset == "reference":
-            raise ValueError(
-                "preset='reference' needs a mask computed before the backward (its fill value 1 is not "
-                f"scale-free); choose method from: {', '.join(REFERENCE_METHODS)}"
-            )
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        self.rule = check_rule(rule)
-        if preset == "reference" and rule != "scale":
-            raise ValueError("preset='reference' reproduces the rule g * (1 + alpha * M); rule must be 'scale'")
-        self.explainer_options = dict(explainer_options or {})
-        if preset == "reference":
-            self.explainer_options.setdefault("output", "probability")
-            if self.method == "saliency":
-                self.explainer_options.setdefault("abs", True)  # captum Saliency's default, as the reference
-        if self.method != FREE_METHOD:
-            check_method(self.method, self.explainer_options)
-        elif self.explainer_options:
-            raise ValueError(f"method 'grad' takes no explainer_options, got {sorted(self.explainer_options)}")
+        self.rule = rule
         self.alpha = alpha
         self.alpha_warmup_steps = alpha_warmup_steps
         self.only_rejected = only_rejected
         self.start_step = start_step
         self.every_n_steps = every_n_steps
         self.mask_options = dict(absolute=absolute, reduce=reduce, blur_sigma=blur_sigma, scope=scope)
-        to_mask(torch.zeros(1, 1, 2, 2), **self.mask_options)  # fail now, not at the first masked step
         self.state_key = state_key
+        self._step_seen: tuple[int, int] | None = None  # (state.step, calls at it): a loop must advance it
+        self._warned_stuck_step = False
         self.last_mask: Tensor | None = None
         self.last_fake: Tensor | None = None
         self.last_step: int | None = None
@@ -172,6 +175,9 @@ class XAIGradientMask(Callback):
         self, state: TrainState, fake: Tensor, d_fake: Tensor, discriminator: nn.Module
     ) -> GradFn | None:
         """Returns the masking GradFn on active steps, ``None`` otherwise (gradient unchanged)."""
+        check_generator_output(fake)
+        check_discriminator_output(d_fake, fake.shape[0])
+        self._check_step_advances(state)
         if not is_active(state.step, start_step=self.start_step, every_n_steps=self.every_n_steps):
             return None
         alpha = alpha_at(state.step, self.alpha, start_step=self.start_step, warmup_steps=self.alpha_warmup_steps)
@@ -207,6 +213,25 @@ class XAIGradientMask(Callback):
         self._record(result, explained, time.perf_counter() - started)
         selected = explained if self.only_rejected else None
         return lambda grad: apply_rule(grad, result.mask, self.rule, alpha, selected)
+
+    def _check_step_advances(self, state: TrainState) -> None:
+        """Warns once when a loop calls the hook again and again without advancing ``state.step``.
+
+        Up to ``gradient_accumulation_steps`` calls per step are normal (one per micro-batch).
+        """
+        schedule = self.start_step > 0 or self.every_n_steps > 1 or self.alpha_warmup_steps > 0
+        step, calls = self._step_seen if self._step_seen is not None else (None, 0)
+        calls = calls + 1 if step == state.step else 1
+        self._step_seen = (state.step, calls)
+        allowed = max(1, int(getattr(state.accelerator, "gradient_accumulation_steps", 1) or 1))
+        if schedule and calls > allowed and not self._warned_stuck_step:
+            self._warned_stuck_step = True
+            warnings.warn(
+                f"XAIGradientMask: on_generator_forward was called {calls} times at state.step={state.step}; "
+                "start_step/every_n_steps/alpha_warmup_steps count steps, so advance state.step once per "
+                "generator step (state.step += 1) in your loop",
+                stacklevel=3,
+            )
 
     def _select(self, fake: Tensor, d_fake: Tensor) -> Tensor:
         """(B,) bool: the fakes to explain."""

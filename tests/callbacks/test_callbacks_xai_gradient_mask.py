@@ -194,7 +194,7 @@ def test_stats_and_state_round_trip(fake, state, tmp_path):
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match="unknown explainer 'salincy'"):
+    with pytest.raises(ValueError, match="method='salincy': unknown explainer; choose one of: grad, saliency"):
         XAIGradientMask("salincy")
     with pytest.raises(ValueError, match="method from: saliency, deeplift_shap"):
         XAIGradientMask("grad", preset="reference")
@@ -214,5 +214,5 @@ def test_explainer_options_are_checked_when_the_callback_is_built():
         XAIGradientMask("integrated_gradients", {"n_step": 4}, start_step=10_000)
     with pytest.raises(ValueError, match="unknown bn_mode"):
         XAIGradientMask("saliency", {"bn_mode": "train"})
-    with pytest.raises(ValueError, match="takes no explainer_options"):
+    with pytest.raises(ValueError, match="method 'grad' takes no explainer options"):
         XAIGradientMask("grad", {"abs": True})

@@ -52,12 +52,14 @@ def test_degenerate_maps_give_zero_masks_and_are_counted(attributions):
     a[0] = 0.7  # constant
     a[1, 0, 0, 0] = float("nan")
     a[2, 1, 3, 3] = float("inf")
-    result = to_mask(a)
+    with pytest.raises(ValueError, match=r"NaN or Inf in 2 of 4 samples \(first: sample 1\)"):
+        to_mask(a)  # by default: an all-zero mask would look like data
+    result = to_mask(a, nonfinite="flag")
     assert result.degenerate.tolist() == [True, True, True, False]
     assert result.num_degenerate == 3
     assert torch.isfinite(result.mask).all()
     assert (result.mask[:3] == 0).all() and result.mask[3].max() == 1
-    batch = to_mask(a, scope="batch")
+    batch = to_mask(a, scope="batch", nonfinite="flag")
     assert batch.degenerate.tolist() == [
         False,
         True,

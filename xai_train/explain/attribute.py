@@ -7,6 +7,8 @@ from types import MappingProxyType
 
 from torch import Tensor, nn
 
+from xai_train.checks import check_finite
+from xai_train.errors import UserError
 from xai_train.explain.base import (
     BN_MODES,
     OUTPUTS,
@@ -68,14 +70,14 @@ def check_method(method: str, options: Mapping[str, object] | None = None) -> Ca
     try:
         fn = METHODS[method]
     except KeyError:
-        raise ValueError(f"unknown explainer {method!r}; choose one of: {', '.join(METHODS)}") from None
+        raise UserError(f"unknown explainer {method!r}; choose one of: {', '.join(METHODS)}") from None
     if options is not None:
         own = dict(options)
         bn_mode, output = own.pop("bn_mode", BN_MODES[0]), own.pop("output", OUTPUTS[0])
         if bn_mode not in BN_MODES:
-            raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of: {', '.join(BN_MODES)}")
+            raise UserError(f"unknown bn_mode {bn_mode!r}; choose one of: {', '.join(BN_MODES)}")
         if output not in OUTPUTS:
-            raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
+            raise UserError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
         check_options(method, fn, own)
     return fn
 
@@ -108,7 +110,8 @@ def attribute(
         (B, C, H, W) attributions, detached, on the images' device.
 
     Raises:
-        ValueError: unknown method, bad images, or a D the method cannot explain.
+        UserError: (a ValueError) unknown method, images that are not a float (B, C, H, W) batch or hold
+            NaN/Inf, a D whose output is not (B, 1) logits, or a D the method cannot explain.
         TypeError: an option the method does not take.
         RuntimeError: under ``torch.inference_mode()``.
 
@@ -118,8 +121,17 @@ def attribute(
         >>> attribute(D, torch.randn(2, 1, 4, 4), "saliency").shape
         torch.Size([2, 1, 4, 4])
     """
+    if not isinstance(discriminator, nn.Module):
+        raise TypeError(f"attribute(): discriminator must be an nn.Module, got {type(discriminator).__name__}")
+    if not isinstance(images, Tensor):
+        raise TypeError(f"attribute(): images must be a (B, C, H, W) tensor, got {type(images).__name__}")
+    if not isinstance(method, str):
+        raise TypeError(
+            f"attribute(): method must be an explainer name, got {method!r}; choose one of: {', '.join(METHODS)}"
+        )
     fn = check_method(method, {"bn_mode": bn_mode, "output": output, **options})
     check_images(images)
+    check_finite(images, "attribute(): the images", "explanations of them would be meaningless; check the generator")
     check_grad_allowed("attribute()")
     images = images.detach()
     if images.is_inference():

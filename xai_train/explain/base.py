@@ -29,6 +29,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from xai_train.checks import check_discriminator_output
+from xai_train.errors import UserError
+
 BN_MODES: tuple[str, ...] = ("eval", "freeze_stats")
 """How BatchNorm behaves during an attribution call (see the module docstring)."""
 
@@ -47,7 +50,7 @@ class ScoreModel(nn.Module):
     """Wraps D so that every explainer sees one score per image: (B, C, H, W) -> (B, 1).
 
     Args:
-        discriminator: D, mapping images to logits of shape (B, 1) or (B,).
+        discriminator: D, mapping images to logits of shape (B, 1) (anything else is a UserError).
         output: ``"logit"`` or ``"probability"`` (appends an ``nn.Sigmoid`` module, which DeepLift supports).
 
     Example:
@@ -65,13 +68,7 @@ class ScoreModel(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         score = self.discriminator(images)
-        batch = images.shape[0]
-        if tuple(score.shape) not in ((batch, 1), (batch,)):
-            raise ValueError(
-                f"explainers need one logit per image: D returned shape {tuple(score.shape)} for a batch of "
-                f"{batch}; expected ({batch}, 1) or ({batch},)"
-            )
-        score = score.reshape(batch, 1)
+        check_discriminator_output(score, images.shape[0])
         return score if self.sigmoid is None else self.sigmoid(score)
 
 
@@ -182,9 +179,9 @@ def check_options(method: str, fn: Callable[..., Tensor], options: dict[str, obj
 
 
 def check_images(images: Tensor) -> None:
-    """Raises a ValueError unless ``images`` is a floating (B, C, H, W) tensor with B >= 1."""
+    """Raises a UserError (a ValueError) unless ``images`` is a floating (B, C, H, W) tensor with B >= 1."""
     if images.dim() != 4 or images.shape[0] == 0 or not images.is_floating_point():
-        raise ValueError(
+        raise UserError(
             f"explainers need a non-empty float batch (B, C, H, W); got shape {tuple(images.shape)}, "
             f"dtype {images.dtype}"
         )

@@ -61,7 +61,8 @@ def saliency_grad_fn(
     """
 
     def grad_fn(grad: Tensor) -> Tensor:
-        options = dict(absolute=absolute, reduce=reduce, blur_sigma=blur_sigma, scope=scope)
+        # A gradient that overflowed under fp16 loss scaling is normal (the scaler skips the step): count it.
+        options = dict(absolute=absolute, reduce=reduce, blur_sigma=blur_sigma, scope=scope, nonfinite="flag")
         if explained is None:
             result = to_mask(grad, **options)
         else:

@@ -10,11 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xai_train.checks import check_finite
+from xai_train.errors import UserError
+
 REDUCTIONS: tuple[str, ...] = ("max", "mean", "none")
 """Channel reductions: (B, C, H, W) -> (B, 1, H, W) by max or mean, or kept per channel."""
 
 SCOPES: tuple[str, ...] = ("sample", "batch")
 """Min-max normalisation over each sample's map, or over the whole batch."""
+
+NONFINITE: tuple[str, ...] = ("raise", "flag")
+"""What ``to_mask`` does with NaN/Inf attributions: raise a UserError, or give the sample a zero mask and
+flag it ``degenerate`` (counted, logged as ``fraction_degenerate``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +69,17 @@ def to_mask(
     reduce: str = "max",
     blur_sigma: float = 0.0,
     scope: str = "sample",
+    nonfinite: str = "raise",
 ) -> MaskResult:
     """Normalises attributions to a mask in [0, 1] (computed in float32).
 
     Steps: ``|a|`` (or signed ``a``) -> channel reduction -> optional blur -> min-max normalisation per
-    sample (or over the batch). A map that is constant or has a non-finite value gives an all-zero mask
-    and is flagged in ``degenerate``; with ``scope="batch"`` the non-finite samples are left out of the
-    batch range, and a constant batch flags every remaining sample.
+    sample (or over the batch). A constant map gives an all-zero mask and is flagged in ``degenerate``.
+    NaN/Inf attributions are an error by default (an all-zero mask would look like data); with
+    ``nonfinite="flag"`` such a sample gets an all-zero mask and is flagged ``degenerate`` instead — free
+    saliency uses that, because a gradient overflowing under fp16 loss scaling is normal (the scaler then
+    skips the step). With ``scope="batch"`` flagged samples are left out of the batch range, and a
+    constant batch flags every remaining sample.
 
     The result is invariant to positive rescaling of ``attributions`` (exactly so for powers of two),
     which keeps a gradient function built on it positively homogeneous.
@@ -79,9 +90,13 @@ def to_mask(
         reduce: ``"max"``, ``"mean"`` or ``"none"`` over the channels.
         blur_sigma: Gaussian blur sigma in pixels (0 = none), applied before normalising.
         scope: ``"sample"`` or ``"batch"``.
+        nonfinite: ``"raise"`` (default) or ``"flag"``, see above.
 
     Returns:
         A :class:`MaskResult`.
+
+    Raises:
+        UserError: bad shape or option, or (``nonfinite="raise"``) NaN/Inf attributions.
 
     Example:
         >>> a = torch.tensor([[[[1.0, -3.0], [0.0, 2.0]]]])
@@ -91,11 +106,19 @@ def to_mask(
         [True, True]
     """
     if attributions.dim() != 4:
-        raise ValueError(f"to_mask expects (B, C, H, W) attributions, got shape {tuple(attributions.shape)}")
+        raise UserError(f"to_mask expects (B, C, H, W) attributions, got shape {tuple(attributions.shape)}")
     if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduce {reduce!r}; choose one of: {', '.join(REDUCTIONS)}")
+        raise UserError(f"unknown reduce {reduce!r}; choose one of: {', '.join(REDUCTIONS)}")
     if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; choose one of: {', '.join(SCOPES)}")
+        raise UserError(f"unknown scope {scope!r}; choose one of: {', '.join(SCOPES)}")
+    if nonfinite not in NONFINITE:
+        raise UserError(f"unknown nonfinite {nonfinite!r}; choose one of: {', '.join(NONFINITE)}")
+    if nonfinite == "raise":
+        check_finite(
+            attributions,
+            "to_mask(): the attributions",
+            "an all-zero mask would look like data; fix the input or pass nonfinite='flag' to count them",
+        )
     maps = attributions.detach().float()
     if absolute:
         maps = maps.abs()

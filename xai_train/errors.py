@@ -1,0 +1,16 @@
+"""``UserError``: the base of errors caused by what a user passed in (a config value, a model, a tensor).
+
+Recipes turn these into one ``error: ...`` line and exit code 2 (``xai_train.cli.run_main``); anything else
+is a bug and keeps its traceback. A user error is a ``ValueError``, so API callers can catch it as one.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input: the message says what was wrong, where, and what would be right.
+
+    Example:
+        >>> isinstance(UserError("x"), ValueError)
+        True
+    """
