@@ -18,6 +18,7 @@ from xai_train.explain.base import (
     check_options,
     explaining,
 )
+from xai_train.explain.cams import CAM_METHODS
 from xai_train.explain.deeplift import deeplift, deeplift_shap
 from xai_train.explain.gradcam import gradcam
 from xai_train.explain.gradient import input_x_gradient, saliency
@@ -41,6 +42,7 @@ METHODS: MappingProxyType[str, Callable[..., Tensor]] = MappingProxyType(
         "occlusion": occlusion,
         "lime": lime,
         "kernel_shap": kernel_shap,
+        **CAM_METHODS,  # gradcampp, layercam, scorecam, ... (xai_train.explain.cams)
     }
 )
 """Explainer name -> function ``(score_model, images, **options) -> (B, C, H, W)``; read-only."""
