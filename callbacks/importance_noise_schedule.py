@@ -8,7 +8,10 @@ for the model rather than targets.
 
 ``mode="timesteps"`` (the safe variant): the noise stays isotropic; timesteps are drawn where D's saliency,
 scaled to ε units (``σ_t·mean|∇ₓD|``), is large, and each sample's loss carries ``1/(T·p(t))`` so the optimum
-is unchanged. The standard sampler and ``DDPMPipeline`` apply.
+is unchanged. The scores are updated in ``on_diffusion_noised`` from the x_t the trainer built. The standard
+sampler and ``DDPMPipeline`` apply.
+
+Defaults are those of ``xai_train.config.diffusion.ImportanceNoiseConfig``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from xai_train.callback import Callback, NoisePlan, TrainState
+from xai_train.config.diffusion import ImportanceNoiseConfig
 from xai_train.diffusion import (
     DiscriminatorImportance,
     ImportanceSampler,
@@ -28,14 +32,16 @@ from xai_train.diffusion import (
     add_noise,
     attribution_magnitude,
     attribution_map,
+    check_map_source,
     check_step_variance,
     importance_map,
     inference_pairs,
     signal_and_noise_levels,
 )
+from xai_train.explain import check_method
 
 MODES: tuple[str, ...] = ("pixel", "timesteps")
-MAP_SOURCES: tuple[str, ...] = ("x0", "x_t")
+DEFAULTS = ImportanceNoiseConfig()  # one source of truth: the recipe's config and this callback agree
 
 
 class ImportanceNoiseSchedule(Callback):
@@ -46,6 +52,7 @@ class ImportanceNoiseSchedule(Callback):
         mode: "pixel" or "timesteps".
         sharpness, midpoint, lambda_min, lambda_max: the ``g_t(s)`` schedule (see ``NoiseScaleSchedule``).
         map_source: "pixel" mode: "x0" — ``S(x0, t=0)`` in training, ``S(x̂0, 0)`` in sampling (consistent);
+            (the former name "x0_hat" is an error naming "x0");
             "x_t" — ``S`` of an isotropically noised pilot ``x_t`` in training, of the current sample in
             sampling (cheaper to motivate, only approximately consistent).
         method: attribution method ("saliency" built in).
@@ -70,28 +77,34 @@ class ImportanceNoiseSchedule(Callback):
     def __init__(
         self,
         alphas_cumprod: Tensor,
-        mode: Literal["pixel", "timesteps"] = "pixel",
-        sharpness: float = 20.0,
-        midpoint: float = 0.5,
-        lambda_min: float = 0.25,
-        lambda_max: float = 4.0,
-        map_source: Literal["x0", "x_t"] = "x0",
-        method: str = "saliency",
-        blur_sigma: float = 0.0,
+        *,
+        mode: Literal["pixel", "timesteps"] = DEFAULTS.mode,
+        sharpness: float = DEFAULTS.sharpness,
+        midpoint: float = DEFAULTS.midpoint,
+        lambda_min: float = DEFAULTS.lambda_min,
+        lambda_max: float = DEFAULTS.lambda_max,
+        map_source: Literal["x0", "x_t"] = DEFAULTS.map_source,
+        method: str = DEFAULTS.method,
+        blur_sigma: float = DEFAULTS.blur_sigma,
         num_inference_steps: int = 50,
-        num_buckets: int = 20,
-        uniform_mix: float = 0.5,
-        decay: float = 0.9,
-        self_normalise: bool = False,
-        update_every: int = 1,
+        num_buckets: int = DEFAULTS.num_buckets,
+        uniform_mix: float = DEFAULTS.uniform_mix,
+        decay: float = DEFAULTS.decay,
+        self_normalise: bool = DEFAULTS.self_normalise,
+        update_every: int = DEFAULTS.update_every,
         seed: int = 0,
         log_every: int = 0,
         discriminator_key: str = "discriminator",
     ):
         if mode not in MODES:
-            raise ValueError(f"unknown mode '{mode}'; choose one of: {', '.join(MODES)}")
-        if map_source not in MAP_SOURCES:
-            raise ValueError(f"unknown map_source '{map_source}'; choose one of: {', '.join(MAP_SOURCES)}")
+            raise ValueError(f"ImportanceNoiseSchedule: unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+        check_map_source(map_source)
+        check_method(method, {})
+        if not (blur_sigma >= 0 and num_inference_steps >= 1 and update_every >= 1 and log_every >= 0):
+            raise ValueError(
+                "ImportanceNoiseSchedule: need blur_sigma >= 0, num_inference_steps >= 1, update_every >= 1 and "
+                f"log_every >= 0; got {blur_sigma}, {num_inference_steps}, {update_every} and {log_every}"
+            )
         self.alphas_cumprod = alphas_cumprod.detach().cpu()
         num_train_timesteps = len(self.alphas_cumprod)
         self.mode = mode
@@ -118,10 +131,10 @@ class ImportanceNoiseSchedule(Callback):
         state.log_scalars({"importance/min_step_variance": report.min_variance})
 
     def on_diffusion_noise(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> NoisePlan:
-        discriminator = self._discriminator(state)
+        discriminator = self._discriminator(state)  # checked in both modes, before the first step's work
         if self.mode == "pixel":
             return self._pixel_plan(state, discriminator, clean, plan)
-        return self._curriculum_plan(state, discriminator, clean, plan)
+        return self._curriculum_plan(state, clean, plan)
 
     def _pixel_plan(self, state: TrainState, discriminator: nn.Module, clean: Tensor, plan: NoisePlan) -> NoisePlan:
         if self.map_source == "x0":
@@ -140,9 +153,7 @@ class ImportanceNoiseSchedule(Callback):
             state.log_scalars({"importance/noise_scale_mean": scale.mean(), "importance/noise_scale_min": scale.min()})
         return plan.replace(noise_scale=scale)
 
-    def _curriculum_plan(
-        self, state: TrainState, discriminator: nn.Module, clean: Tensor, plan: NoisePlan
-    ) -> NoisePlan:
+    def _curriculum_plan(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> NoisePlan:
         acc = state.accelerator
         batch = clean.shape[0]
         everyone, weights = self.curriculum.sample(batch * acc.num_processes, self.rng)
@@ -151,19 +162,25 @@ class ImportanceNoiseSchedule(Callback):
         weight = weights[rows].to(clean.device)
         if plan.timestep_weight is not None:
             weight = weight * plan.timestep_weight
-        if state.step % self.update_every == 0 and state.step != self._updated_step:
-            self._updated_step = state.step
-            self._update_scores(state, discriminator, clean, plan.noise, timesteps)
         if self._should_log(state):
             state.log_scalars(
                 {"importance/timestep_mean": timesteps.float().mean(), "importance/weight_max": weight.max()}
             )
         return plan.replace(timesteps=timesteps, timestep_weight=weight)
 
-    def _update_scores(
-        self, state: TrainState, discriminator: nn.Module, clean: Tensor, noise: Tensor, timesteps: Tensor
-    ) -> None:
-        noisy = add_noise(clean, noise, timesteps, self.alphas_cumprod)
+    def on_diffusion_noised(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> None:
+        """"timesteps" mode: every ``update_every`` steps, scores the levels of this batch from its x_t."""
+        if self.mode != "timesteps" or state.step % self.update_every or state.step == self._updated_step:
+            return None
+        self._updated_step = state.step
+        # D models the standard process: reuse the trainer's x_t unless another callback scaled its noise.
+        noisy = plan.noisy
+        if plan.noise_scale is not None:
+            noisy = add_noise(clean, plan.noise, plan.timesteps, self.alphas_cumprod)
+        self._update_scores(state, self._discriminator(state), noisy, plan.timesteps)
+        return None
+
+    def _update_scores(self, state: TrainState, discriminator: nn.Module, noisy: Tensor, timesteps: Tensor) -> None:
         _, sigma = signal_and_noise_levels(timesteps, self.alphas_cumprod, noisy)
         # σ_t·|∇ₓ logit D| ≈ |ε-prediction error| at D's optimum: comparable across levels, unlike |∇ₓD|.
         scores = sigma.flatten() * attribution_magnitude(attribution_map(discriminator, noisy, timesteps, self.method))
@@ -180,7 +197,7 @@ class ImportanceNoiseSchedule(Callback):
         if self.mode != "pixel":
             return None
         importance_fn = DiscriminatorImportance(discriminator, self.method, self.blur_sigma)
-        return ImportanceSampler(importance_fn, self.schedule, "x0_hat" if self.map_source == "x0" else "x_t")
+        return ImportanceSampler(importance_fn, self.schedule, self.map_source)
 
     # --- helpers, state ----------------------------------------------------------------------------------
     def _discriminator(self, state: TrainState) -> nn.Module:

@@ -104,7 +104,7 @@ def diffusion_suite(args) -> str:
         "plain": make_diffusion_arm(images, **common),
         "D only": make_diffusion_arm(images, discriminator=disc, **common),
         "xai_weight": make_diffusion_arm(
-            images, discriminator=disc, callbacks=lambda alphas, _: [ImportanceWeightedLoss(alphas)], **common
+            images, discriminator=disc, callbacks=lambda alphas, _: [ImportanceWeightedLoss(start_step=0)], **common
         ),
         "xai_noise": make_diffusion_arm(
             images, discriminator=disc, callbacks=noise("pixel"), sampler=lambda cbs, d: cbs[0].sampler(d), **common

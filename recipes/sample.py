@@ -71,7 +71,7 @@ def pipeline_from_checkpoint(config: DiffusionExperiment, folder: Path) -> Diffu
         noise.midpoint,
         noise.lambda_min,
         noise.lambda_max,
-        "x0_hat" if noise.map_source == "x0" else "x_t",
+        noise.map_source,
         noise.method,
         noise.blur_sigma,
     )

@@ -70,7 +70,6 @@ def build_callbacks(config: DiffusionExperiment, alphas_cumprod: torch.Tensor) -
     if weight.enabled:
         callbacks.append(
             ImportanceWeightedLoss(
-                alphas_cumprod,
                 rule=weight.rule,
                 alpha=weight.alpha,
                 beta=weight.beta,

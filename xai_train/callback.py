@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -27,14 +28,25 @@ CALLBACK_STATE_FILE = "callbacks.pt"
 
 @dataclasses.dataclass(frozen=True)
 class NoisePlan:
-    """How a diffusion training step noises its clean batch.
+    """How a diffusion training step noises its clean batch ``x0`` and weighs the denoising loss.
+
+    The trainer (or a hand-written loop) builds ``x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·noise_scale⊙noise`` ONCE, after
+    every ``on_diffusion_noise`` hook, stores it in ``noisy`` and hands the plan to ``on_diffusion_noised``.
+    The loss is ``mean(timestep_weight · loss_weight · (model(x_t, t) − target)²)`` (before ``on_loss``).
+    A callback that sets a factor that is already set multiplies it with the one in the plan, so the result
+    does not depend on the callbacks' order.
 
     Attributes:
-        noise: (B, C, H, W) standard Gaussian noise.
+        noise: (B, C, H, W) standard Gaussian noise ``ε``.
         timesteps: (B,) integer timesteps.
-        noise_scale: per-pixel factor on the noise, broadcastable to (B, C, H, W); ``None`` = isotropic.
+        noise_scale: per-pixel factor ``g`` on the noise, broadcastable to (B, C, H, W); ``None`` = isotropic.
+            ``g < 1`` protects a pixel (importance-scheduled noise), ``g > 1`` amplifies its noise.
         loss_weight: per-pixel weight on the denoising loss, broadcastable to (B, C, H, W); ``None`` = 1.
         timestep_weight: (B,) importance-sampling correction on each sample's loss; ``None`` = 1.
+        scaled_target: the training target is built from the scaled noise ``g⊙ε`` (True: consistent with
+            ``x_t``) or from ``ε`` itself (False: x_t carries ``g⊙ε`` but the model is asked for ``ε``).
+        noisy: (B, C, H, W) ``x_t`` built from the final plan; ``None`` until the trainer fills it. Read it in
+            ``on_diffusion_noised`` instead of noising the batch again.
     """
 
     noise: Tensor
@@ -42,9 +54,27 @@ class NoisePlan:
     noise_scale: Tensor | None = None
     loss_weight: Tensor | None = None
     timestep_weight: Tensor | None = None
+    scaled_target: bool = True
+    noisy: Tensor | None = None
 
     def replace(self, **changes: Any) -> NoisePlan:
+        """A copy with ``changes`` (the plan itself is frozen)."""
         return dataclasses.replace(self, **changes)
+
+    def weigh(self, loss_map: Tensor) -> Tensor:
+        """``loss_map`` (B, C, H, W) times ``timestep_weight`` (per sample) and ``loss_weight`` (per pixel).
+
+        Example:
+            >>> plan = NoisePlan(torch.zeros(2, 1, 1, 1), torch.zeros(2), timestep_weight=torch.tensor([1.0, 2.0]),
+            ...     loss_weight=torch.full((2, 1, 1, 1), 3.0))
+            >>> plan.weigh(torch.ones(2, 1, 1, 1)).flatten().tolist()
+            [3.0, 6.0]
+        """
+        if self.timestep_weight is not None:
+            loss_map = loss_map * rearrange(self.timestep_weight.to(loss_map), "b -> b 1 1 1")
+        if self.loss_weight is not None:
+            loss_map = loss_map * self.loss_weight.to(loss_map)
+        return loss_map
 
 
 @dataclasses.dataclass
@@ -139,7 +169,18 @@ class Callback:
         return None
 
     def on_diffusion_noise(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> NoisePlan | None:
-        """Diffusion step, before the clean batch (B, C, H, W) is noised. Returns a new plan or ``None``."""
+        """Diffusion step, before the clean batch (B, C, H, W) is noised: decide how to noise it.
+
+        Returns a new plan (noise, timesteps, noise scale, weights) or ``None``. ``plan.noisy`` is ``None`` here.
+        """
+        return None
+
+    def on_diffusion_noised(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> NoisePlan | None:
+        """Diffusion step, after ``plan.noisy`` (x_t, the model's input) was built from the final plan.
+
+        Returns a plan with new ``loss_weight`` / ``timestep_weight`` or ``None``; the noising itself (noise,
+        timesteps, noise scale, target, x_t) is fixed by now.
+        """
         return None
 
     def on_loss(self, state: TrainState, loss_map: Tensor, role: str) -> Tensor | None:
@@ -232,9 +273,35 @@ class CallbackList:
         return grad_fn
 
     def on_diffusion_noise(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> NoisePlan:
+        """Lets every callback change the plan before noising (the caller then fills ``plan.noisy``)."""
         for cb in self.callbacks:
             new_plan = cb.on_diffusion_noise(state, clean, plan)
             if new_plan is not None:
+                if new_plan.noisy is not None:
+                    raise ValueError(
+                        f"{type(cb).__name__}.on_diffusion_noise set `noisy`; x_t is built after this hook, "
+                        "from the final plan"
+                    )
+                plan = new_plan
+        return plan
+
+    def on_diffusion_noised(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> NoisePlan:
+        """Lets every callback see ``plan.noisy`` (x_t) and change the loss weights only."""
+        if plan.noisy is None:
+            raise ValueError(
+                "on_diffusion_noised needs plan.noisy: call it with "
+                "plan.replace(noisy=add_noise(clean, plan.noise, plan.timesteps, alphas_cumprod, plan.noise_scale))"
+            )
+        for cb in self.callbacks:
+            new_plan = cb.on_diffusion_noised(state, clean, plan)
+            if new_plan is not None:
+                fixed = ("noise", "timesteps", "noise_scale", "scaled_target", "noisy")
+                changed = [name for name in fixed if getattr(new_plan, name) is not getattr(plan, name)]
+                if changed:
+                    raise ValueError(
+                        f"{type(cb).__name__}.on_diffusion_noised changed {', '.join(changed)}; x_t is already "
+                        "built: change the noising in on_diffusion_noise"
+                    )
                 plan = new_plan
         return plan
 

@@ -67,7 +67,7 @@ def test_importance_sampler_with_zero_map_equals_plain_ddim(unet):
     assert out.clamped_fraction == 0.0
 
 
-@pytest.mark.parametrize("map_source", ["x0_hat", "x_t"])
+@pytest.mark.parametrize("map_source", ["x0", "x_t"])
 def test_importance_sampler_recomputes_the_map_every_step(unet, map_source):
     calls = []
 
@@ -81,6 +81,6 @@ def test_importance_sampler_recomputes_the_map_every_step(unet, map_source):
         unet, scheduler, importance_fn, NoiseScaleSchedule(100), 2, num_inference_steps=4, map_source=map_source
     )
     assert len(calls) == 4
-    assert calls == ([0] * 4 if map_source == "x0_hat" else scheduler.timesteps.tolist())
+    assert calls == ([0] * 4 if map_source == "x0" else scheduler.timesteps.tolist())
     assert out.images.shape == (2, 1, 8, 8) and torch.isfinite(out.images).all()
     assert float(out.noise_scale.max()) <= 1.0

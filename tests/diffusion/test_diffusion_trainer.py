@@ -59,7 +59,7 @@ def make_trainer(run_dir, mode="plain", stop_at=None, resume="", **overrides):
         )
         alphas = scheduler.alphas_cumprod
         noise = ImportanceNoiseSchedule(alphas, mode=mode if mode == "pixel" else "timesteps", num_buckets=4, seed=0)
-        callbacks = [noise, ImportanceWeightedLoss(alphas, rule="mean")]
+        callbacks = [noise, ImportanceWeightedLoss(rule="mean", start_step=0)]
         sampler = noise.sampler(discriminator)
     if stop_at is not None:
         callbacks.append(StopAt(stop_at))

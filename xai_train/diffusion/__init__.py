@@ -9,10 +9,13 @@ from xai_train.diffusion.adversary import Adversary
 from xai_train.diffusion.curriculum import TimestepCurriculum
 from xai_train.diffusion.discriminator import TimeConditionedDiscriminator, r1_penalty
 from xai_train.diffusion.importance import (
+    MAP_SOURCES,
     DiscriminatorImportance,
+    MapSource,
     TimestepBound,
     attribution_magnitude,
     attribution_map,
+    check_map_source,
     importance_map,
     importance_weights,
     input_saliency,
@@ -51,6 +54,8 @@ __all__ = [
     "DiscriminatorImportance",
     "ImportanceSampler",
     "LOSS_WEIGHTINGS",
+    "MAP_SOURCES",
+    "MapSource",
     "PREDICTION_TYPES",
     "ImportanceSample",
     "NoiseScaleSchedule",
@@ -62,6 +67,7 @@ __all__ = [
     "add_noise",
     "attribution_magnitude",
     "attribution_map",
+    "check_map_source",
     "check_step_variance",
     "clamp_next_scale",
     "ddim_sample",

@@ -21,6 +21,30 @@ from torch import Tensor, nn
 from xai_train.explain.mask import to_mask
 
 WeightRule = Literal["scale", "mean"]
+MapSource = Literal["x0", "x_t"]
+MAP_SOURCES: tuple[str, ...] = ("x0", "x_t")
+"""What an importance map is computed from: "x0" — the clean image at t = 0 (the data ``x0`` in training,
+the model's estimate x̂0 while sampling); "x_t" — the noisy image at its level t."""
+
+
+def check_map_source(map_source: str, allowed: tuple[str, ...] = MAP_SOURCES) -> None:
+    """Raises a ValueError naming the choices if ``map_source`` is not one of ``allowed``.
+
+    The former name "x0_hat" gets an error that names its new name "x0".
+
+    Example:
+        >>> check_map_source("x0_hat")
+        Traceback (most recent call last):
+        ...
+        ValueError: map_source 'x0_hat' is now called 'x0' (the map of the clean image: x0 in training, its estimate x̂0 while sampling)
+    """
+    if map_source == "x0_hat" and "x0" in allowed:
+        raise ValueError(
+            "map_source 'x0_hat' is now called 'x0' (the map of the clean image: x0 in training, "
+            "its estimate x̂0 while sampling)"
+        )
+    if map_source not in allowed:
+        raise ValueError(f"unknown map_source {map_source!r}; choose one of: {', '.join(allowed)}")
 
 
 class TimestepBound(nn.Module):

@@ -15,7 +15,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from xai_train.diffusion.discriminator import TimeConditionedDiscriminator
-from xai_train.diffusion.importance import DiscriminatorImportance
+from xai_train.diffusion.importance import DiscriminatorImportance, check_map_source
 from xai_train.diffusion.importance_schedule import NoiseScaleSchedule
 from xai_train.diffusion.sampler import ImportanceSampler, importance_ddim_sample
 
@@ -28,7 +28,7 @@ class ImportanceDiffusionPipeline(DiffusionPipeline):
         scheduler: the training scheduler (any diffusers scheduler; sampling uses DDIM with its config).
         discriminator: the time-conditioned D whose saliency gives the importance map.
         sharpness, midpoint, lambda_min, lambda_max: the ``g_t(s)`` schedule of training.
-        map_source: "x0_hat" or "x_t" (see ``importance_ddim_sample``).
+        map_source: "x0" or "x_t" (see ``importance_ddim_sample``).
         method: attribution method ("saliency" is built in).
         blur_sigma: Gaussian blur of the map.
     """
@@ -44,10 +44,11 @@ class ImportanceDiffusionPipeline(DiffusionPipeline):
         midpoint: float = 0.5,
         lambda_min: float = 0.25,
         lambda_max: float = 4.0,
-        map_source: str = "x0_hat",
+        map_source: str = "x0",
         method: str = "saliency",
         blur_sigma: float = 0.0,
     ):
+        check_map_source(map_source)
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, discriminator=discriminator)
         self.register_to_config(
@@ -141,14 +142,19 @@ def export_pipeline(
 
 
 def load_pipeline(path: str | Path) -> DiffusionPipeline:
-    """Loads what :func:`export_pipeline` wrote (``DDPMPipeline`` or ``ImportanceDiffusionPipeline``)."""
+    """Loads what :func:`export_pipeline` wrote (``DDPMPipeline`` or ``ImportanceDiffusionPipeline``).
+
+    Exports written before the map source "x0_hat" was renamed "x0" load with the new name.
+    """
     path = Path(path)
     index = path / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"'{path}' holds no exported pipeline (no model_index.json); train the run to the end")
-    name = json.loads(index.read_text())["_class_name"]
+    saved = json.loads(index.read_text())
+    name = saved["_class_name"]
     if name == "ImportanceDiffusionPipeline":
-        return ImportanceDiffusionPipeline.from_pretrained(path)
+        renamed = {"map_source": "x0"} if saved.get("map_source") == "x0_hat" else {}
+        return ImportanceDiffusionPipeline.from_pretrained(path, **renamed)
     if name == "DDPMPipeline":
         return DDPMPipeline.from_pretrained(path)
     raise ValueError(f"'{path}' holds a {name}; expected DDPMPipeline or ImportanceDiffusionPipeline")

@@ -3,7 +3,8 @@
 Per-pixel step (DESIGN.md §5 b), with ``Σ = (1 − ᾱ)·g²`` and the model's scaled-noise estimate ``n̂``:
 ``ε̂ = n̂ / g_t = (x_t − a_t·x̂0)/(σ_t·g_t)``, ``x_r = a_r·x̂0 + √(Σ_r − s²)·ε̂ + s·z`` with
 ``s² = η²·(Σ_r/Σ_t)·(Σ_t − (ᾱ_t/ᾱ_r)·Σ_r)``. With ``g = 1`` this is ``DDIMScheduler.step`` exactly.
-The importance map is recomputed at every step (from x̂0 through D at t = 0, or from x_t through D at t),
+The importance map is recomputed at every step (``map_source="x0"``: from the current estimate x̂0 through D
+at t = 0, as training used the clean x0; ``"x_t"``: from x_t through D at t),
 and ``g_t`` and ``g_r`` both come from that one map, so the step variance check of a fixed map applies.
 """
 
@@ -12,19 +13,17 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from diffusers import DDIMScheduler
 from torch import Tensor, nn
 
+from xai_train.diffusion.importance import MapSource, check_map_source
 from xai_train.diffusion.importance_schedule import NoiseScaleSchedule, clamp_next_scale
 from xai_train.diffusion.noise import split_prediction_at
 
 ImportanceFn = Callable[[Tensor, Tensor], Tensor]
 """``(images (B, C, H, W), timesteps (B,)) -> importance (B, 1, H, W)`` in [0, 1]."""
-
-MapSource = Literal["x0_hat", "x_t"]
 
 
 def importance_step(
@@ -172,7 +171,7 @@ def importance_ddim_sample(
     batch_size: int,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
-    map_source: MapSource = "x0_hat",
+    map_source: MapSource = "x0",
     eta: float = 0.0,
 ) -> ImportanceSample:
     """Samples from a model trained with importance-scheduled noise.
@@ -186,15 +185,14 @@ def importance_ddim_sample(
         batch_size: number of images.
         num_inference_steps: DDIM steps.
         generator: CPU generator for all noise (seedable).
-        map_source: "x0_hat" — the map of the current clean estimate at t = 0 (matches training on
+        map_source: "x0" — the map of the current clean estimate x̂0 at t = 0 (matches training on
             ``S(x0)``); "x_t" — the map of the current noisy sample at t.
         eta: DDIM η (0 = deterministic).
 
     Returns:
         An :class:`ImportanceSample`.
     """
-    if map_source not in ("x0_hat", "x_t"):
-        raise ValueError(f"unknown map_source '{map_source}'; choose one of: x0_hat, x_t")
+    check_map_source(map_source)
     device = next(unet.parameters()).device
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -212,7 +210,7 @@ def importance_ddim_sample(
         output = _model_output(unet, sample, timesteps)
         x0_hat, _ = split_prediction_at(output, sample, alpha_bar_t.to(device), prediction_type)
         with torch.enable_grad():
-            if map_source == "x0_hat":
+            if map_source == "x0":
                 importance = importance_fn(x0_hat.clamp(-1, 1), torch.zeros_like(timesteps))
             else:
                 importance = importance_fn(sample, timesteps)
@@ -250,7 +248,7 @@ class ImportanceSampler:
     Args:
         importance_fn: ``(images, timesteps) -> (B, 1, H, W)`` (e.g. ``DiscriminatorImportance(D)``).
         schedule: the noise-scale schedule used in training.
-        map_source: "x0_hat" or "x_t" (see :func:`importance_ddim_sample`).
+        map_source: "x0" or "x_t" (see :func:`importance_ddim_sample`).
         eta: DDIM η.
 
     Example:
@@ -267,9 +265,10 @@ class ImportanceSampler:
         self,
         importance_fn: ImportanceFn,
         schedule: NoiseScaleSchedule,
-        map_source: MapSource = "x0_hat",
+        map_source: MapSource = "x0",
         eta: float = 0.0,
     ):
+        check_map_source(map_source)
         self.importance_fn = importance_fn
         self.schedule = schedule
         self.map_source = map_source

@@ -170,23 +170,27 @@ class DiffusionTrainer(TrainingLoop):
         return NoisePlan(noise=noise, timesteps=timesteps), flip
 
     # --- pieces of a step -----------------------------------------------------------------------------
-    def _denoiser_update(self, clean: Tensor, plan: NoisePlan) -> tuple[Tensor, Tensor, Tensor]:
-        """Noise by ``plan``, weighted MSE, backward, UNet step. Returns (loss, x_t, detached x̂0)."""
-        cfg, acc, alphas = self.config, self.accelerator, self.noise_scheduler.alphas_cumprod
+    def _plan(self, clean: Tensor, plan: NoisePlan) -> NoisePlan:
+        """The callbacks' final plan for ``clean``, with ``x_t`` built once (``plan.noisy``)."""
+        plan = self.callbacks.on_diffusion_noise(self.state, clean, plan)
         if plan.timesteps.dim() != 1:
             raise ValueError("UNet2DModel takes one timestep per sample; a callback returned per-pixel timesteps")
-        noisy = add_noise(clean, plan.noise, plan.timesteps, alphas, plan.noise_scale)
-        target = training_target(clean, plan.noise, plan.timesteps, alphas, self.prediction_type, plan.noise_scale)
+        alphas = self.noise_scheduler.alphas_cumprod
+        plan = plan.replace(noisy=add_noise(clean, plan.noise, plan.timesteps, alphas, plan.noise_scale))
+        return self.callbacks.on_diffusion_noised(self.state, clean, plan)
+
+    def _denoiser_update(self, clean: Tensor, plan: NoisePlan) -> tuple[Tensor, Tensor]:
+        """Weighted MSE on ``plan.noisy``, backward, UNet step. Returns (loss, detached x̂0)."""
+        cfg, acc, alphas = self.config, self.accelerator, self.noise_scheduler.alphas_cumprod
+        noisy = plan.noisy
+        target_scale = plan.noise_scale if plan.scaled_target else None
+        target = training_target(clean, plan.noise, plan.timesteps, alphas, self.prediction_type, target_scale)
         with acc.autocast():
             output = self.unet(noisy, plan.timesteps).sample
         loss_map = F.mse_loss(output.float(), target.float(), reduction="none")
         snr = compute_snr(self.noise_scheduler, plan.timesteps)
         sample_weight = snr_loss_weight(snr, self.prediction_type, cfg.loss_weighting, cfg.min_snr_gamma)
-        if plan.timestep_weight is not None:
-            sample_weight = sample_weight * plan.timestep_weight
-        loss_map = loss_map * sample_weight.view(-1, 1, 1, 1).to(loss_map.device)
-        if plan.loss_weight is not None:
-            loss_map = loss_map * plan.loss_weight
+        loss_map = plan.weigh(loss_map * sample_weight.view(-1, 1, 1, 1).to(loss_map.device))
         loss = self.callbacks.on_loss(self.state, loss_map, "denoiser").mean()
         acc.backward(loss)
         if acc.sync_gradients:
@@ -197,12 +201,12 @@ class DiffusionTrainer(TrainingLoop):
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         x0_hat, _ = split_prediction(output.detach().float(), noisy, plan.timesteps, alphas, self.prediction_type)
-        return loss.detach(), noisy, x0_hat
+        return loss.detach(), x0_hat
 
-    def _discriminator_update(self, clean: Tensor, plan: NoisePlan, noisy: Tensor, x0_hat: Tensor) -> dict:
+    def _discriminator_update(self, clean: Tensor, plan: NoisePlan, x0_hat: Tensor) -> dict:
         alphas, t = self.noise_scheduler.alphas_cumprod, plan.timesteps
         # D models the standard process at level t; reuse the UNet's input when it is that process.
-        real = noisy if plan.noise_scale is None else add_noise(clean, plan.noise, t, alphas)
+        real = plan.noisy if plan.noise_scale is None else add_noise(clean, plan.noise, t, alphas)
         if self.adversary.buffer is not None:
             fake0 = self._rank_slice(self.adversary.buffer.sample(self._world_batch(), self.noise_rng))
         else:  # "x0_hat": cheap but biased, D learns to tell data from the UNet's blurry one-step estimates
@@ -229,10 +233,10 @@ class DiffusionTrainer(TrainingLoop):
             if cfg.random_flip:
                 clean = torch.where(flip.view(-1, 1, 1, 1), clean.flip(-1), clean)
             with acc.accumulate(*self.models.values()):
-                plan = self.callbacks.on_diffusion_noise(self.state, clean, plan)
-                stats["loss"], noisy, x0_hat = self._denoiser_update(clean, plan)
+                plan = self._plan(clean, plan)
+                stats["loss"], x0_hat = self._denoiser_update(clean, plan)
                 if self.adversary is not None:
-                    stats.update(self._discriminator_update(clean, plan, noisy, x0_hat))
+                    stats.update(self._discriminator_update(clean, plan, x0_hat))
         if self.ema is not None and acc.sync_gradients:
             self.ema.step(acc.unwrap_model(self.unet).parameters())
         return stats
