@@ -214,8 +214,14 @@ class DiffusionTrainer(TrainingLoop):
         fake = add_noise(fake0, self._draw_noise(clean), t, alphas)
         return self.adversary.update(self.state, self.callbacks, real, fake, t)
 
-    def _refresh_buffer(self) -> None:
-        """Refills the replay buffer with EMA samples: every rank makes its share, all keep the union."""
+    def refresh_replay_buffer(self) -> None:
+        """Refills the replay buffer with EMA samples now: every rank makes its share, all keep the union.
+
+        ``train_step`` calls it every ``buffer_refresh_every`` steps; benchmarks call it to time a refill.
+        Every rank must call it (it gathers). Requires a discriminator with a replay buffer.
+        """
+        if self.adversary is None or self.adversary.buffer is None:
+            raise ValueError("refresh_replay_buffer: this trainer has no replay buffer (needs a discriminator)")
         d, acc = self.d_config, self.accelerator
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "replay", self.state.step, acc.process_index))
         samples = self.sample(d.buffer_refresh_size, d.sample_steps, generator)
@@ -225,7 +231,7 @@ class DiffusionTrainer(TrainingLoop):
         """One UNet optimizer step (and D's updates). Returns detached step statistics."""
         cfg, acc = self.config, self.accelerator
         if self.adversary is not None and self.adversary.needs_samples(self.state.step):
-            self._refresh_buffer()
+            self.refresh_replay_buffer()
         stats: dict[str, Tensor] = {}
         for _ in range(cfg.grad_accum_steps):
             clean = self.batches.next()
