@@ -15,6 +15,8 @@ from xai_train.diffusion.self_refine.attention import (
 )
 from xai_train.diffusion.self_refine.fam import (
     DIRECTIONS,
+    EVIDENCE,
+    Negated,
     amplified_noise,
     batch_mean_fam,
     cam_layer,
@@ -29,11 +31,20 @@ from xai_train.diffusion.self_refine.highlighter import (
     build_highlighter,
     highlighter_accuracy,
     load_highlighter_folders,
+    offline_highlighter,
+    save_highlighter,
     train_highlighter,
 )
+from xai_train.diffusion.self_refine.options import CHOICES, REFERENCE, check_reference, check_self_refine_options
 
 __all__ = [
+    "CHOICES",
+    "REFERENCE",
+    "check_reference",
+    "check_self_refine_options",
     "DIRECTIONS",
+    "EVIDENCE",
+    "Negated",
     "FamAttention",
     "FamAttnProcessor",
     "FamProjection",
@@ -51,5 +62,7 @@ __all__ = [
     "highlighter_accuracy",
     "key_value_scale",
     "load_highlighter_folders",
+    "offline_highlighter",
+    "save_highlighter",
     "train_highlighter",
 ]

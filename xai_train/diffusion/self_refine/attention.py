@@ -108,7 +108,9 @@ class FamAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        query, key, value = (rearrange(x, "b n (heads d) -> b heads n d", heads=attn.heads) for x in (query, key, value))
+        query, key, value = (
+            rearrange(x, "b n (heads d) -> b heads n d", heads=attn.heads) for x in (query, key, value)
+        )
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
@@ -174,9 +176,7 @@ class FamAttention:
         self.weight = float(weight)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.projections = nn.ModuleDict(
-                {key(name): FamProjection(bias=bias) for name in self.blocks}
-            )
+            self.projections = nn.ModuleDict({key(name): FamProjection(bias=bias) for name in self.blocks})
         device = next(unet.parameters()).device
         self.projections.to(device)
         self.fam: Tensor | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from einops import reduce
 from torch import Tensor, nn
 
@@ -21,6 +20,9 @@ from xai_train.explain import attribute, to_mask
 
 DIRECTIONS: tuple[str, ...] = ("amplify", "protect")
 """``amplify``: flawed pixels get more noise (the paper); ``protect``: they get less (our earlier plan, §5)."""
+
+EVIDENCE: tuple[str, ...] = ("real", "generated")
+"""What a flaw map explains: the highlighter's output as trained (real = 1) or its negation."""
 
 
 def cam_layer(highlighter: nn.Module) -> nn.Module | None:
@@ -40,12 +42,24 @@ def cam_layer(highlighter: nn.Module) -> nn.Module | None:
     return convs[-1] if convs else None
 
 
+class Negated(nn.Module):
+    """``-model(x)``: explains the evidence for "generated" of a highlighter whose logit says "real"."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return -self.model(x)
+
+
 def flaw_maps(
     highlighter: nn.Module,
     images: Tensor,
     method: str = "gradcam",
     *,
     layer: nn.Module | None = None,
+    evidence: Literal["real", "generated"] = "real",
     **options: Any,
 ) -> Tensor:
     """Per-image flaw maps of a highlighter, each min-max normalised to [0, 1].
@@ -57,22 +71,28 @@ def flaw_maps(
         method: any name of ``xai_train.explain.METHODS``; "gradcam" keeps only the positive evidence (the
             Grad-CAM ReLU) and hooks ``layer``.
         layer: Grad-CAM layer; default :func:`cam_layer` (or Grad-CAM's own default).
+        evidence: explain the highlighter's output as is ("real": its single output, the authors'
+            ``ClassifierOutputTarget(0)`` on a real=1 sigmoid) or negated ("generated": evidence for a sample).
         **options: the method's own options.
 
     Returns:
         (B, 1, H, W) float32 maps in [0, 1] (all zero for a constant map).
 
     Example:
+        >>> import torch
         >>> from xai_train.models.dcgan import DCGANDiscriminator
         >>> maps = flaw_maps(DCGANDiscriminator(32, 1, width=8, norm="none"), torch.randn(3, 1, 32, 32))
         >>> maps.shape, float(maps.amin(dim=(1, 2, 3)).max()), float(maps.amax(dim=(1, 2, 3)).min())
         (torch.Size([3, 1, 32, 32]), 0.0, 1.0)
     """
+    if evidence not in EVIDENCE:
+        raise ValueError(f"unknown evidence '{evidence}'; choose one of: {', '.join(EVIDENCE)}")
     if method == "gradcam":
         options = {"relu_attributions": True, "layer": layer or cam_layer(highlighter), **options}
         if options["layer"] is None:
             del options["layer"]
-    attributions = attribute(highlighter, images, method, **options)
+    model = highlighter if evidence == "real" else Negated(highlighter)
+    attributions = attribute(model, images, method, **options)
     return to_mask(attributions, absolute=True, reduce="max").mask
 
 
@@ -80,6 +100,7 @@ def batch_mean_fam(maps: Tensor) -> Tensor:
     """The authors' FAM: the mean of the per-image maps, (B, 1, H, W) → (1, 1, H, W).
 
     Example:
+        >>> import torch
         >>> batch_mean_fam(torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])).flatten().tolist()
         [0.5, 0.5, 0.5, 0.5]
     """
@@ -100,6 +121,7 @@ def fam_noise_scale(fam: Tensor, noise_weight: float, direction: Literal["amplif
         ``g``, broadcastable to (B, C, H, W).
 
     Example:
+        >>> import torch
         >>> fam_noise_scale(torch.tensor([[[[0.0, 1.0]]]]), 0.5, "protect").flatten().tolist()
         [1.0, 0.5]
     """
@@ -115,6 +137,7 @@ def amplified_noise(noise: Tensor, fam: Tensor, noise_weight: float) -> Tensor:
     """The authors' ``noise * (1 + fam_noise_w * fam)`` in ``q_sample``: (B, C, H, W) → (B, C, H, W).
 
     Example:
+        >>> import torch
         >>> amplified_noise(torch.ones(1, 1, 1, 2), torch.tensor([[[[0.0, 1.0]]]]), 0.01).flatten().tolist()
         [1.0, 1.0099999904632568]
     """
@@ -125,6 +148,7 @@ def fam_target(noise: Tensor, noise_scale: Tensor, target: Literal["reference", 
     """The ε target of an amplified step: ``ε`` ("reference", the authors' quirk) or ``g⊙ε`` ("consistent").
 
     Example:
+        >>> import torch
         >>> g = torch.full((1, 1, 1, 1), 2.0)
         >>> fam_target(torch.ones(1, 1, 1, 1), g).item(), fam_target(torch.ones(1, 1, 1, 1), g, "consistent").item()
         (1.0, 2.0)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from xai_train.data import load_image_folder
@@ -138,7 +139,12 @@ def train_highlighter(
     steps_per_epoch = max(1, -(-len(train_real) // batch_size))
     optimizer = torch.optim.AdamW(highlighter.parameters(), lr=lr, betas=betas)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.1, div_factor=25,
+        optimizer,
+        max_lr=lr,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        pct_start=0.1,
+        div_factor=25,
         final_div_factor=1e4,
     )
     report = HighlighterReport([], [], 0, -1.0)
@@ -231,3 +237,52 @@ class OnlineHighlighter:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])
+
+
+def save_highlighter(highlighter: nn.Module, path: str | Path) -> Path:
+    """Writes FH's weights as safetensors (load them with :func:`offline_highlighter`'s ``checkpoint``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in highlighter.state_dict().items()}, str(path))
+    return path
+
+
+def offline_highlighter(
+    image_size: int,
+    channels: int,
+    *,
+    width: int = 16,
+    checkpoint: str | Path = "",
+    real_dir: str | Path = "",
+    fake_dir: str | Path = "",
+    seed: int = 0,
+    **train_options: Any,
+) -> nn.Module | None:
+    """A ready FH for a run: loaded from ``checkpoint`` (safetensors), or trained on the authors' two image
+    folders (:func:`train_highlighter` with ``train_options``); ``None`` when neither is given (the callback then
+    trains one at the switch on EMA samples).
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "fh.safetensors")
+        >>> path = save_highlighter(build_highlighter(32, 1, width=4), path)
+        >>> offline_highlighter(32, 1, width=4, checkpoint=path).features[0][0].weight.shape
+        torch.Size([4, 1, 4, 4])
+        >>> offline_highlighter(32, 1) is None
+        True
+    """
+    if bool(real_dir) != bool(fake_dir):
+        raise ValueError("offline_highlighter: give both real_dir and fake_dir, or neither")
+    if checkpoint and real_dir:
+        raise ValueError("offline_highlighter: give a checkpoint or the image folders, not both")
+    if not checkpoint and not real_dir:
+        return None
+    highlighter = build_highlighter(image_size, channels, width, seed=seed)
+    if checkpoint:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"flaw highlighter checkpoint '{checkpoint}' does not exist")
+        highlighter.load_state_dict(load_file(str(checkpoint)))
+        return highlighter
+    real, fake = load_highlighter_folders(real_dir, fake_dir, image_size, channels)
+    train_highlighter(highlighter, real, fake, seed=seed, **train_options)
+    return highlighter
