@@ -52,10 +52,10 @@ def test_none_means_no_change(state):
     assert callbacks.on_loss(state, loss, "generator") is loss
     plan = NoisePlan(noise=torch.zeros(1, 1, 2, 2), timesteps=torch.zeros(1, dtype=torch.long))
     assert callbacks.on_diffusion_noise(state, torch.zeros(1, 1, 2, 2), plan) is plan
-    fake = torch.ones(2, 3, requires_grad=True)
+    fake = torch.ones(2, 1, 1, 3, requires_grad=True)
     assert callbacks.on_generator_forward(state, fake, torch.zeros(2, 1), torch.nn.Identity()) is None
     fake.sum().backward()
-    assert torch.equal(fake.grad, torch.ones(2, 3))
+    assert torch.equal(fake.grad, torch.ones(2, 1, 1, 3))
 
 
 def test_loss_and_noise_changes_chain(state):
@@ -68,12 +68,12 @@ def test_loss_and_noise_changes_chain(state):
 
 def test_grad_fns_compose_into_one_hook(state):
     callbacks = CallbackList([Recorder("a", [], 2.0), Recorder("b", [], 5.0), Recorder("c", [])])
-    fake = torch.ones(2, 3, requires_grad=True)
+    fake = torch.ones(2, 1, 1, 3, requires_grad=True)
     out = fake * 1.0
     grad_fn = callbacks.on_generator_forward(state, out, torch.zeros(2, 1), torch.nn.Identity())
     assert grad_fn is not None
     (out * torch.arange(3.0)).sum().backward()
-    assert torch.equal(fake.grad, 10.0 * torch.arange(3.0).expand(2, 3))
+    assert torch.equal(fake.grad, 10.0 * torch.arange(3.0).expand(2, 1, 1, 3))
 
 
 def test_compose_order():

@@ -9,6 +9,7 @@ with about four added lines (see ``recipes/custom_loop.py``).
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+
+from xai_train.checks import check_discriminator_output, check_generator_output
+from xai_train.errors import UserError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -237,6 +241,7 @@ class CallbackList:
         if duplicated:
             raise ValueError(f"callbacks share the state_key {duplicated}; give each stateful callback its own key")
         self._registered_with: Accelerator | None = None
+        self._last_fake: weakref.ref[Tensor] | None = None  # catches a second on_generator_forward on one fake
 
     def __iter__(self):
         return iter(self.callbacks)
@@ -261,9 +266,23 @@ class CallbackList:
     ) -> GradFn | None:
         """Collects every callback's GradFn and registers ONE composed hook on ``fake``.
 
+        Call it once per generator forward: a second call on the same ``fake`` would mask its gradient
+        twice (``(1+αM)²``) and is an error. ``fake`` must be (B, C, H, W) and ``d_fake`` (B, 1).
+
         Returns:
             The composed GradFn that was registered, or ``None`` if no callback returned one.
+
+        Raises:
+            UserError: ``fake`` or ``d_fake`` breaks the contract, or this ``fake`` was seen before.
         """
+        check_generator_output(fake)
+        check_discriminator_output(d_fake, fake.shape[0])
+        if self._last_fake is not None and self._last_fake() is fake:
+            raise UserError(
+                "on_generator_forward was already called for this `fake`: a second call would mask its gradient "
+                "twice; call it once per generator forward (fake = G(z); d_fake = D(fake); on_generator_forward)"
+            )
+        self._last_fake = weakref.ref(fake)
         fns = [cb.on_generator_forward(state, fake, d_fake, discriminator) for cb in self.callbacks]
         grad_fn = compose_grad_fns(fns)
         if grad_fn is not None:

@@ -187,10 +187,10 @@ def test_discriminator_grad_untouched_by_generator_step(images):
 
 
 def test_bad_inputs(tmp_path, images):
-    with pytest.raises(ValueError, match="d_steps_per_g_step must be >= 1"):
-        GANTrainer(*tiny_models(), images, config(d_steps_per_g_step=0), cpu=True)
+    with pytest.raises(ValueError, match="d_steps_per_g_step=0: must be >= 1"):
+        config(d_steps_per_g_step=0)
     with pytest.raises(ValueError, match="mixed_precision"):
-        GANTrainer(*tiny_models(), images, config(mixed_precision="fp8"), cpu=True)
+        config(mixed_precision="fp8")
     trainer = GANTrainer(*tiny_models(), images, config(), run_dir=tmp_path, resume=str(tmp_path / "nope"), cpu=True)
     with pytest.raises(CheckpointError, match="does not exist"):
         trainer.train()
@@ -201,7 +201,10 @@ def test_nan_images_and_nan_losses_are_clear_errors(tmp_path, images):
     broken[3, 0, 1, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         GANTrainer(*tiny_models(), broken, config(), cpu=True)
-    trainer = GANTrainer(*tiny_models(), images, config(lr_d=float("inf")), run_dir=tmp_path, cpu=True)
+    generator, discriminator = tiny_models()
+    with torch.no_grad():
+        next(discriminator.parameters()).fill_(float("inf"))  # lr_d=inf is a config error now
+    trainer = GANTrainer(generator, discriminator, images, config(), run_dir=tmp_path, cpu=True)
     with pytest.raises(FloatingPointError, match="non-finite training values at step 1"):
         trainer.train()
 

@@ -10,17 +10,82 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from xai_train.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config file or override does not match the schema."""
+class ConfigError(UserError):
+    """A config file or override does not match the schema, or a value is out of its range."""
+
+
+def check_fields(config: Any, rule: str, test: Callable[[Any], bool], *names: str) -> None:
+    """Raises a ConfigError ``"<name>=<value>: <rule>"`` for the first field of ``config`` failing ``test``.
+
+    Used in the schemas' ``__post_init__``: the loader puts the section in front (``train.max_steps=-3: ...``).
+    Write tests as ``v >= low`` rather than ``not v < low`` so that NaN fails them.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Train:
+        ...     max_steps: int = -3
+        >>> check_fields(Train(), "must be >= 1", lambda v: v >= 1, "max_steps")
+        Traceback (most recent call last):
+        ...
+        xai_train.config.core.ConfigError: max_steps=-3: must be >= 1
+    """
+    for name in names:
+        value = getattr(config, name)
+        if not test(value):
+            raise ConfigError(f"{name}={value!r}: {rule}")
+
+
+def check_choices(config: Any) -> None:
+    """Raises a ConfigError for the first ``Literal[...]`` field of ``config`` holding another value, so that
+    a section built in Python is checked like one loaded from YAML.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Train:
+        ...     loss: Literal["bce", "hinge"] = "mse"
+        >>> check_choices(Train())
+        Traceback (most recent call last):
+        ...
+        xai_train.config.core.ConfigError: loss='mse': choose one of 'bce', 'hinge'
+    """
+    for name, tp in _field_types(type(config)).items():
+        if typing.get_origin(tp) is Literal and getattr(config, name) not in typing.get_args(tp):
+            choices = ", ".join(map(repr, typing.get_args(tp)))
+            raise ConfigError(f"{name}={getattr(config, name)!r}: choose one of {choices}")
+
+
+@contextmanager
+def as_config_error() -> Iterator[None]:
+    """Turns the ValueError/TypeError of a library validator (called from a ``__post_init__``) into a
+    ConfigError with the same message, so that the loader names the section.
+
+    Example:
+        >>> with as_config_error():
+        ...     raise ValueError("rule='add': choose scale or product")
+        Traceback (most recent call last):
+        ...
+        xai_train.config.core.ConfigError: rule='add': choose scale or product
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
 
 
 def _field_types(schema: type) -> dict[str, Any]:
@@ -106,7 +171,10 @@ def _build(schema: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
             + ", ".join(fields)
         )
     kwargs = {name: _coerce(v, fields[name], prefix + name) for name, v in values.items()}
-    return schema(**kwargs)
+    try:
+        return schema(**kwargs)
+    except ConfigError as err:  # a range check of the section's __post_init__: name the section
+        raise ConfigError(f"{prefix}{err}") from None
 
 
 def _set_dotted(tree: dict[str, Any], schema: type, dotted: str, value: Any) -> None:
@@ -123,6 +191,8 @@ def _set_dotted(tree: dict[str, Any], schema: type, dotted: str, value: Any) -> 
         if not dataclasses.is_dataclass(fields[part]):
             raise ConfigError(f"'{'.'.join(parts[: depth + 1])}' is a value, not a section; cannot set '{dotted}'")
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"'{'.'.join(parts[: depth + 1])}' must be a section (mapping), got {node!r}")
         node_schema = fields[part]
 
 
@@ -136,7 +206,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.subkey=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({' '.join(str(err).split())})") from None
     if isinstance(value, str) and _looks_numeric(value):
         value = float(value)
     return key.strip(), value
@@ -188,9 +261,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file '{path}' is not UTF-8 text (byte {err.start}: {err.object[err.start : err.start + 1]!r}); "
+            "give a YAML file saved as UTF-8"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"config file '{path}' holds NUL bytes: a binary file, not YAML")
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
+        raise ConfigError(f"config file '{path}' is not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(data).__name__}")
     return dict(data)

@@ -8,7 +8,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from xai_train.config.common import DataConfig, EvalConfig, RunConfig
+from xai_train.config.common import (
+    DataConfig,
+    EvalConfig,
+    RunConfig,
+    at_least,
+    check_betas,
+    half_open_unit,
+    positive,
+    unit_interval,
+)
+from xai_train.config.core import ConfigError, as_config_error, check_choices, check_fields
+from xai_train.models.build import supported_sizes
+from xai_train.xaigan.options import check_xaigan_options
 
 
 @dataclass(frozen=True)
@@ -20,6 +32,11 @@ class GANModelConfig:
     g_norm: Literal["batch", "none"] = "batch"
     d_norm: Literal["batch", "none"] = "batch"  # "none" makes free saliency exact (no cross-sample coupling)
     dropout: float = 0.3  # paper MLP discriminator only
+
+    def __post_init__(self) -> None:
+        check_fields(self, "must be >= 1", lambda v: v >= 1, "latent_dim", "g_width", "d_width")
+        check_fields(self, "must be in [0, 1) (a drop probability)", half_open_unit, "dropout")
+        check_choices(self)
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,18 @@ class GANTrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3  # 0 keeps every checkpoint
 
+    def __post_init__(self) -> None:
+        steps = ("batch_size", "max_steps", "d_steps_per_g_step", "grad_accum_steps", "log_every", "num_samples")
+        check_fields(self, "must be >= 1", lambda v: v >= 1, *steps)
+        check_fields(self, "must be >= 0 (0 disables)", lambda v: v >= 0, "sample_every", "checkpoint_every")
+        check_fields(self, "must be >= 0 (0 keeps every checkpoint)", lambda v: v >= 0, "keep_checkpoints")
+        check_fields(self, "must be a finite number > 0 (the paper uses 2e-4)", positive, "lr_g", "lr_d")
+        check_betas(self)
+        check_fields(self, "must be in [0, 1] (a BCE target)", unit_interval, "real_label", "fake_label")
+        check_fields(self, "must be in [0, 1) (0 disables the EMA; 0.999 is common)", half_open_unit, "ema_decay")
+        check_fields(self, "must be >= 0 (0 disables)", at_least(0), "clip_grad_norm_g", "clip_grad_norm_d")
+        check_choices(self)
+
 
 @dataclass(frozen=True)
 class XAIConfig:
@@ -52,7 +81,8 @@ class XAIConfig:
     enabled: bool = False
     method: str = "grad"  # "grad" = free saliency from G's own backward (no extra cost); or a captum method
     rule: Literal["scale", "product"] = "scale"  # scale: g*(1+alpha*M) (paper); product: g*M
-    alpha: float = 0.2  # the paper's value
+    alpha: float = 0.2  # the paper's value; >= -1 (below, g*(1+alpha*M) flips the gradient's sign)
+    allow_sign_flip: bool = False  # opt-in for alpha < -1 (the generator then climbs its loss where M > 1/|alpha|)
     alpha_warmup_steps: int = 0  # linear ramp of alpha from 0 after start_step
     only_rejected: bool = False  # explain only fakes D rejects (D(fake) < 0.5); others keep their gradient
     start_step: int = 0  # the paper switches on at half of training
@@ -66,6 +96,31 @@ class XAIConfig:
     reference_baselines: int = 8  # real images used as baselines by deeplift_shap / gradient_shap
     log_every: int = 250  # saliency overlays + mask statistics in TensorBoard; 0 disables
 
+    def __post_init__(self) -> None:
+        with as_config_error():  # the same check as callbacks.XAIGradientMask's constructor
+            check_xaigan_options(**self.callback_kwargs())
+        check_fields(self, "must be >= 1", lambda v: v >= 1, "reference_baselines")
+        check_fields(self, "must be >= 0 (0 disables)", lambda v: v >= 0, "log_every")
+
+    def callback_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``callbacks.XAIGradientMask`` (the recipe adds real baselines for SHAP)."""
+        return dict(
+            method=self.method,
+            explainer_options=dict(self.explainer_options),
+            rule=self.rule,
+            alpha=self.alpha,
+            allow_sign_flip=self.allow_sign_flip,
+            alpha_warmup_steps=self.alpha_warmup_steps,
+            only_rejected=self.only_rejected,
+            start_step=self.start_step,
+            every_n_steps=self.every_n_steps,
+            preset=self.preset or None,
+            absolute=self.absolute,
+            reduce=self.reduce,
+            blur_sigma=self.blur_sigma,
+            scope=self.scope,
+        )
+
 
 @dataclass(frozen=True)
 class GANExperiment:
@@ -75,3 +130,30 @@ class GANExperiment:
     train: GANTrainConfig = field(default_factory=GANTrainConfig)
     xai: XAIConfig = field(default_factory=XAIConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        """Rules across sections: the architecture must build for the data's image size."""
+        with as_config_error():
+            check_gan_size(self.model.arch, self.data.image_size, self.data.channels)
+
+
+def check_gan_size(arch: str, image_size: int, channels: int) -> None:
+    """Raises a ConfigError naming ``data.image_size``/``data.channels`` if ``arch`` cannot build for them.
+
+    Example:
+        >>> check_gan_size("dcgan", 48, 1)
+        Traceback (most recent call last):
+        ...
+        xai_train.config.core.ConfigError: data.image_size=48: model.arch 'dcgan' builds 32 or 64 pixel images
+    """
+    sizes, channel_options = supported_sizes(arch)
+    if image_size not in sizes:
+        raise ConfigError(
+            f"data.image_size={image_size}: model.arch {arch!r} builds {' or '.join(map(str, sizes))} pixel images"
+            + ("; use model.arch=dcgan for other sizes" if arch != "dcgan" else "")
+        )
+    if channel_options is not None and channels not in channel_options:
+        raise ConfigError(
+            f"data.channels={channels}: model.arch {arch!r} builds {' or '.join(map(str, channel_options))}-channel "
+            "images; use model.arch=dcgan for other images"
+        )

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 from torch import nn
 
-from xai_train.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from xai_train.errors import UserError
+from xai_train.models.dcgan import SUPPORTED_IMAGE_SIZES, DCGANDiscriminator, DCGANGenerator
 from xai_train.models.mlp import PAPER_IMAGE_SHAPE, PaperMLPDiscriminator, PaperMLPGenerator
 
 GAN_ARCHITECTURES: tuple[str, ...] = ("dcgan", "paper_mlp")
 """Names accepted by :func:`build_gan`."""
+
+
+def supported_sizes(arch: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """The image sides and channel counts ``arch`` builds for (``None``: any number of channels).
+
+    Lets a config be checked before anything is built.
+
+    Example:
+        >>> supported_sizes("dcgan"), supported_sizes("paper_mlp")
+        (((32, 64), None), ((32,), (1,)))
+    """
+    if arch == "dcgan":
+        return SUPPORTED_IMAGE_SIZES, None
+    if arch == "paper_mlp":
+        return (PAPER_IMAGE_SHAPE[1],), (PAPER_IMAGE_SHAPE[0],)
+    raise UserError(f"build_gan: unknown arch {arch!r}; choose one of: {', '.join(GAN_ARCHITECTURES)}")
 
 
 def build_gan(
@@ -46,7 +63,7 @@ def build_gan(
         ``feature_layer``.
 
     Raises:
-        ValueError: for an unknown ``arch``, or a size the architecture does not support.
+        UserError: (a ValueError) for an unknown ``arch``, or a size the architecture does not support.
 
     Example:
         >>> G, D = build_gan("dcgan", image_size=32, channels=1, g_width=8, d_width=8)
@@ -59,9 +76,9 @@ def build_gan(
         return generator, discriminator
     if arch == "paper_mlp":
         if (channels, image_size, image_size) != PAPER_IMAGE_SHAPE:
-            raise ValueError(
+            raise UserError(
                 f"build_gan: arch 'paper_mlp' needs image_size=32 and channels=1 (the xAI-GAN MNIST setup), "
                 f"got image_size={image_size}, channels={channels}; use arch='dcgan' for other images"
             )
         return PaperMLPGenerator(latent_dim=latent_dim), PaperMLPDiscriminator(dropout=dropout)
-    raise ValueError(f"build_gan: unknown arch {arch!r}; choose one of: {', '.join(GAN_ARCHITECTURES)}")
+    raise UserError(f"build_gan: unknown arch {arch!r}; choose one of: {', '.join(GAN_ARCHITECTURES)}")

@@ -18,8 +18,10 @@ from torch import Tensor, nn
 
 from xai_train.callback import Callback, CallbackList, TrainState
 from xai_train.checkpoint import CheckpointManager
+from xai_train.checks import check_discriminator_output, check_generator_output
 from xai_train.config.gan import GANTrainConfig
 from xai_train.data import TensorBatches
+from xai_train.errors import UserError
 from xai_train.images import save_grid
 from xai_train.tracking import StepTimer, make_accelerator, start_run
 from xai_train.trainers.loop import TrainingLoop
@@ -44,7 +46,8 @@ class GANTrainer(TrainingLoop):
 
     Args:
         generator: maps latents (B, latent_dim) to images (B, C, H, W); has ``latent_dim``.
-        discriminator: maps images to logits (B, 1).
+        discriminator: maps images to logits (B, 1); any other output shape stops the first step with
+            ``the discriminator must return (B, 1) logits, got ...`` (``xai_train.checks``).
         images: (N, C, H, W) training images in [-1, 1] (or uint8, see ``TensorBatches``).
         config: training hyperparameters.
         callbacks: hooks called on every rank (see ``xai_train.callback``).
@@ -77,10 +80,14 @@ class GANTrainer(TrainingLoop):
         run_config: Mapping[str, Any] | None = None,
         cpu: bool = False,
     ):
-        if config.d_steps_per_g_step < 1:
-            raise ValueError(f"d_steps_per_g_step must be >= 1, got {config.d_steps_per_g_step}")
+        # config's own ranges are checked when it is built (GANTrainConfig.__post_init__)
+        if not isinstance(getattr(generator, "latent_dim", None), int):
+            raise UserError(
+                f"the generator must have an int attribute `latent_dim` (the latent length it takes), "
+                f"got {getattr(generator, 'latent_dim', None)!r} on {type(generator).__name__}"
+            )
         if images.is_floating_point() and not torch.isfinite(images).all():
-            raise ValueError("the training images contain NaN or inf values; clean the dataset before training")
+            raise UserError("the training images contain NaN or inf values; clean the dataset before training")
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
@@ -141,6 +148,8 @@ class GANTrainer(TrainingLoop):
         with acc.autocast():
             d_real = self.discriminator(real)
             d_fake = self.discriminator(fake.detach())
+            check_discriminator_output(d_real, real.shape[0])
+            check_discriminator_output(d_fake, fake.shape[0])
             loss_map = discriminator_loss(d_real, d_fake, cfg.loss, cfg.real_label, cfg.fake_label)
         loss_map = self.callbacks.on_loss(self.state, loss_map, "discriminator")
         loss = loss_map.mean()
@@ -195,6 +204,7 @@ class GANTrainer(TrainingLoop):
                 with acc.accumulate(self.generator, self.discriminator):
                     with torch.set_grad_enabled(last_cycle and reuse_fakes), acc.autocast():
                         fake = self.generator(latents[micro])
+                    check_generator_output(fake)
                     stats.update(self._discriminator_update(real, fake))
                     if last_cycle and reuse_fakes:
                         stats.update(self._generator_update(fake))
