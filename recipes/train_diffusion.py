@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from callbacks import EvalMetrics, ImportanceNoiseSchedule, ImportanceWeightedLoss
+from callbacks import EvalMetrics, ImportanceNoiseSchedule, ImportanceWeightedLoss, SelfRefiningDiffusion
 from xai_train.checkpoint import CheckpointError
 from xai_train.config import ConfigError, load_config, to_dict
 from xai_train.config.diffusion import DiffusionExperiment
 from xai_train.data import DataError, build_dataset
 from xai_train.diffusion import TimeConditionedDiscriminator
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
+from xai_train.diffusion.self_refine import offline_highlighter
 from xai_train.trainers.diffusion import DiffusionTrainer
 
 
@@ -83,6 +84,24 @@ def build_callbacks(config: DiffusionExperiment, alphas_cumprod: torch.Tensor) -
     return callbacks
 
 
+def build_self_refine(
+    config: DiffusionExperiment, images: torch.Tensor, alphas_cumprod: torch.Tensor, trainer_box: list
+) -> SelfRefiningDiffusion:
+    """The ``self_refine`` section as a callback; it samples through the trainer (EMA UNet, the run's sampler)."""
+    r, data = config.self_refine, config.data
+    if r.fam_source == "discriminator" and not config.discriminator.enabled:
+        raise ConfigError("self_refine.fam_source=discriminator needs a discriminator: set discriminator.enabled=true")
+    highlighter = offline_highlighter(data.image_size, data.channels, **r.highlighter_kwargs(config.run.seed))
+    return SelfRefiningDiffusion(
+        lambda n, steps, generator: trainer_box[0].sample(n, steps, generator),
+        images,
+        highlighter,
+        alphas_cumprod=alphas_cumprod,
+        pretrained_highlighter=highlighter is not None,
+        **r.callback_kwargs(config.train.batch_size, config.run.seed),
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (defaults apply to missing keys)")
@@ -115,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
                 sample_fn=lambda n, generator: trainer_box[0].sample(n, config.train.sample_steps, generator),
             )
         )
+    if config.self_refine.enabled:
+        callbacks.append(build_self_refine(config, dataset.images, noise_scheduler.alphas_cumprod, trainer_box))
     trainer = DiffusionTrainer(
         unet,
         noise_scheduler,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from xai_train.config.common import DataConfig, EvalConfig, RunConfig
+from xai_train.config.self_refine import SelfRefineConfig
 
 
 @dataclass(frozen=True)
@@ -121,5 +122,6 @@ class DiffusionExperiment:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     importance_weight: ImportanceWeightConfig = field(default_factory=ImportanceWeightConfig)
     importance_noise: ImportanceNoiseConfig = field(default_factory=ImportanceNoiseConfig)
+    self_refine: SelfRefineConfig = field(default_factory=SelfRefineConfig)  # self-refining diffusion (§9)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log_maps_every: int = 100  # importance maps / weights / noise scales to TensorBoard
