@@ -9,8 +9,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from xai_train.config.common import DataConfig, EvalConfig, RunConfig
+from xai_train.config.common import (
+    DataConfig,
+    EvalConfig,
+    RunConfig,
+    at_least,
+    check_betas,
+    half_open_unit,
+    positive,
+    unit_interval,
+)
+from xai_train.config.core import ConfigError, check_choices, check_fields
 from xai_train.config.self_refine import SelfRefineConfig
+
+
+def check_method_name(config: object, name: str = "method") -> None:
+    """The importance map's explainer must be a name of ``xai_train.explain.METHODS``."""
+    from xai_train.explain.attribute import METHODS  # captum loads only when a diffusion config is built
+
+    value = getattr(config, name)
+    if value not in METHODS:
+        raise ConfigError(f"{name}={value!r}: unknown explainer; choose one of: {', '.join(METHODS)}")
+
+
+def check_widths(config: object, name: str, groups: int, groups_name: str) -> None:
+    """A non-empty tuple of widths >= 1, each divisible by ``groups`` (GroupNorm) when ``groups > 0``."""
+    widths = getattr(config, name)
+    if not widths or not all(w >= 1 for w in widths):
+        raise ConfigError(f"{name}={list(widths)!r}: give one or more widths >= 1, e.g. [32, 64, 64]")
+    if groups > 0 and any(w % groups for w in widths):
+        raise ConfigError(f"{name}={list(widths)!r}: every width must be divisible by {groups_name}={groups}")
 
 
 @dataclass(frozen=True)
@@ -28,6 +56,11 @@ class UNetConfig:
     norm_num_groups: int = 8  # must divide every width
     dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        check_fields(self, "must be >= 1", lambda v: v >= 1, "layers_per_block", "norm_num_groups")
+        check_widths(self, "block_out_channels", self.norm_num_groups, "norm_num_groups")
+        check_fields(self, "must be in [0, 1) (a drop probability)", half_open_unit, "dropout")
+
 
 @dataclass(frozen=True)
 class NoiseSchedulerConfig:
@@ -35,6 +68,10 @@ class NoiseSchedulerConfig:
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"  # DDPM's choice
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     clip_sample: bool = True  # clip x̂0 to [-1, 1] while sampling (the data range)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "must be >= 2", lambda v: v >= 2, "num_train_timesteps")
+        check_choices(self)
 
 
 @dataclass(frozen=True)
@@ -64,6 +101,23 @@ class DiffusionTrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3  # 0 keeps every checkpoint
 
+    def __post_init__(self) -> None:
+        steps = ("batch_size", "max_steps", "grad_accum_steps", "log_every", "num_samples", "sample_steps")
+        check_fields(self, "must be >= 1", lambda v: v >= 1, *steps)
+        check_fields(self, "must be >= 0 (0 disables)", lambda v: v >= 0, "sample_every", "checkpoint_every")
+        check_fields(self, "must be >= 0", lambda v: v >= 0, "lr_warmup_steps", "keep_checkpoints")
+        check_fields(self, "must be a finite number > 0", positive, "lr", "adam_epsilon", "ema_inv_gamma")
+        check_fields(self, "must be a finite number > 0", positive, "ema_power", "min_snr_gamma")
+        check_fields(self, "must be >= 0", at_least(0), "adam_weight_decay", "clip_grad_norm")
+        check_fields(self, "must be in [0, 1]", unit_interval, "ema_max_decay")
+        check_betas(self, "adam_betas")
+        check_choices(self)
+        from diffusers.optimization import SchedulerType
+
+        names = [kind.value for kind in SchedulerType]
+        if self.lr_scheduler not in names:
+            raise ConfigError(f"lr_scheduler={self.lr_scheduler!r}: choose one of: {', '.join(names)}")
+
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
@@ -81,6 +135,17 @@ class DiscriminatorConfig:
     buffer_refresh_size: int = 32  # samples drawn per refill (per process)
     sample_steps: int = 25  # DDIM steps for the buffer's samples
 
+    def __post_init__(self) -> None:
+        check_fields(self, "must be >= 0 (0 = no GroupNorm)", lambda v: v >= 0, "norm_groups")
+        check_widths(self, "channels", self.norm_groups, "norm_groups")
+        check_fields(self, "must be an even number >= 2", lambda v: v >= 2 and v % 2 == 0, "time_dim")
+        check_fields(self, "must be a finite number > 0", positive, "lr")
+        check_fields(self, "must be >= 0 (0 disables R1)", at_least(0), "r1_gamma")
+        steps = ("r1_every", "buffer_capacity", "buffer_refresh_every", "buffer_refresh_size", "sample_steps")
+        check_fields(self, "must be >= 1", lambda v: v >= 1, *steps)
+        check_betas(self)
+        check_choices(self)
+
 
 @dataclass(frozen=True)
 class ImportanceWeightConfig:
@@ -92,6 +157,15 @@ class ImportanceWeightConfig:
     method: str = "saliency"
     blur_sigma: float = 1.0  # pixels; smooths single-pixel gradient noise
     start_step: int = 200  # let D learn before its maps steer the UNet
+
+    def __post_init__(self) -> None:
+        check_method_name(self)
+        check_fields(self, "must be > -1 (else a weight 1 + alpha*M can be <= 0)", lambda v: v > -1, "alpha")
+        check_fields(self, "must be finite", at_least(-1), "alpha")
+        check_fields(self, "must be in [0, 1)", half_open_unit, "beta")
+        check_fields(self, "must be >= 0 (pixels; 0 = no blur)", at_least(0), "blur_sigma")
+        check_fields(self, "must be >= 0", lambda v: v >= 0, "start_step")
+        check_choices(self)
 
 
 @dataclass(frozen=True)
@@ -111,6 +185,23 @@ class ImportanceNoiseConfig:
     self_normalise: bool = False
     update_every: int = 1  # curriculum: steps between score updates
 
+    def __post_init__(self) -> None:
+        check_method_name(self)
+        check_fields(self, "must be a finite number >= 0", at_least(0), "sharpness")
+        check_fields(self, "must be in [0, 1] (a fraction of T)", unit_interval, "midpoint")
+        check_fields(self, "must be a finite number > 0", positive, "lambda_min")
+        check_fields(
+            self,
+            f"must be >= lambda_min={self.lambda_min} so that λ(t) increases",
+            at_least(self.lambda_min),
+            "lambda_max",
+        )
+        check_fields(self, "must be >= 0 (pixels; 0 = no blur)", at_least(0), "blur_sigma")
+        check_fields(self, "must be >= 1", lambda v: v >= 1, "num_buckets", "update_every")
+        check_fields(self, "must be in (0, 1] (0 would allow unbounded weights)", lambda v: 0 < v <= 1, "uniform_mix")
+        check_fields(self, "must be in [0, 1)", half_open_unit, "decay")
+        check_choices(self)
+
 
 @dataclass(frozen=True)
 class DiffusionExperiment:
@@ -125,3 +216,27 @@ class DiffusionExperiment:
     self_refine: SelfRefineConfig = field(default_factory=SelfRefineConfig)  # self-refining diffusion (§9)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log_maps_every: int = 100  # importance maps / weights / noise scales to TensorBoard
+
+    def __post_init__(self) -> None:
+        """Rules across sections."""
+        check_fields(self, "must be >= 0 (0 disables)", lambda v: v >= 0, "log_maps_every")
+        for section in ("importance_weight", "importance_noise"):
+            if getattr(self, section).enabled and not self.discriminator.enabled:
+                raise ConfigError(f"{section}.enabled=True needs a discriminator: set discriminator.enabled=true")
+        levels = len(self.unet.block_out_channels)
+        if self.data.image_size % 2 ** (levels - 1):
+            raise ConfigError(
+                f"data.image_size={self.data.image_size}: the UNet's {levels} levels halve it {levels - 1} times, "
+                f"so it must be divisible by {2 ** (levels - 1)}"
+            )
+        timesteps, buckets = self.scheduler.num_train_timesteps, self.importance_noise.num_buckets
+        if self.importance_noise.enabled and self.importance_noise.mode == "timesteps" and timesteps % buckets:
+            raise ConfigError(
+                f"importance_noise.num_buckets={buckets}: must divide scheduler.num_train_timesteps={timesteps}"
+            )
+        for name, steps in (
+            ("train.sample_steps", self.train.sample_steps),
+            ("discriminator.sample_steps", self.discriminator.sample_steps),
+        ):
+            if steps > timesteps:
+                raise ConfigError(f"{name}={steps}: at most scheduler.num_train_timesteps={timesteps} DDIM steps")
