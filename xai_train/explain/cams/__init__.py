@@ -5,6 +5,10 @@
 * :data:`CAM_METHODS` — name -> ``(model, images, **options) -> (B, C, H, W)``, the entries
   ``xai_train.explain.METHODS`` registers (so ``attribute(D, x, "gradcampp")`` and ``xai.method=layercam`` work).
 
+``cam`` and ``all_cams`` apply each paper's final ReLU by default (``relu=True``); the ``METHODS`` entries
+return the signed map by default (``relu=False``, like captum's ``gradcam`` there), because xAI-GAN masks are
+built from ``|map|`` and a fake that D rejects outright often has no positive evidence at all.
+
 Gradient CAMs (``gradient.py``): gradcam, gradcampp, xgradcam, layercam, hirescam, gradcam_elementwise,
 eigencam, eigengradcam. Gradient-free (``perturbation.py``): scorecam, ablationcam. ``fullgrad.py``: FullGrad.
 ``random_cam.py``: randomcam, the negative control. Shared machinery: ``base.py``.
@@ -88,7 +92,7 @@ def cam(
         method: a name in :data:`CAM_METHODS`, or ``"gradcam"`` (this package's batched Grad-CAM).
         target: class index (or (B,) indices) for C-class models; None = each image's predicted class.
         bn_mode: ``"eval"`` or ``"freeze_stats"`` (see ``xai_train.explain.base``).
-        **options: the method's options (``layer``, ``relu``, ``batch_size``, ...).
+        **options: the method's options (``layer``, ``relu`` (default True here), ``batch_size``, ...).
 
     Returns:
         (B, 1, H, W) maps, detached.
@@ -106,6 +110,8 @@ def cam(
     check_options(method, fn, {"target": target, **options} if name != "randomcam" else options)
     if name != "randomcam":
         options["target"] = target
+    if name != "fullgrad":
+        options.setdefault("relu", True)  # the papers' maps; the METHODS entries default to the signed map
     images = prepared(images, "cam()")
     with explaining(model, bn_mode):
         maps = fn(model, images, **options)

@@ -176,7 +176,9 @@ def gradient_cams(
 def gradient_method(name: str) -> Callable[..., Tensor]:
     """The ``METHODS`` entry of one gradient CAM: ``(model, images, *, layer, target, relu) -> (B, C, H, W)``.
 
-    The (B, 1, H, W) map is repeated over the image channels, the shape every explainer returns.
+    The (B, 1, H, W) map is repeated over the image channels, the shape every explainer returns. As for
+    captum's ``gradcam`` in ``METHODS``, the signed map is the default here (``relu=False``): after the ReLU a
+    fake that D rejects outright often has an all-zero map, which ``to_mask`` would count as degenerate.
 
     Example:
         >>> fn = gradient_method("layercam")
@@ -193,7 +195,7 @@ def gradient_method(name: str) -> Callable[..., Tensor]:
         *,
         layer: nn.Module | None = None,
         target: int | Tensor | None = None,
-        relu: bool = True,
+        relu: bool = False,
     ) -> Tensor:
         cam = gradient_cams(model, images, methods=[name], layer=layer, target=target, relu=relu)[name]
         return repeat(cam, "b 1 h w -> b c h w", c=images.shape[1]).contiguous()
@@ -201,6 +203,6 @@ def gradient_method(name: str) -> Callable[..., Tensor]:
     method.__name__ = method.__qualname__ = name
     method.__doc__ = (
         f"{name}: see ``xai_train.explain.cams.gradient`` (rule {GRADIENT_RULES[name].__name__}); options: "
-        "layer (default D.feature_layer), target (class index per image for C-class models), relu (True)."
+        "layer (default D.feature_layer), target (class index per image for C-class models), relu (False)."
     )
     return method

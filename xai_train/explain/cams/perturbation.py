@@ -12,7 +12,8 @@
   compute. The reference implementation divides by y, not |y|: for a negative logit (D says "fake") that
   flips every weight, so the map would show the channels that make the image *less* real.
 
-Both maps get the final ReLU (``relu=True``) and are upsampled bilinearly to the image size.
+Both maps are upsampled bilinearly to the image size; ``relu=True`` (the default of ``cam()``) applies the
+final ReLU of the papers.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def scorecam(
     *,
     layer: nn.Module | None = None,
     target: int | Tensor | None = None,
-    relu: bool = True,
+    relu: bool = False,
     batch_size: int = 512,
 ) -> Tensor:
     """ScoreCAM, batched over channels and images.
@@ -69,7 +70,7 @@ def scorecam(
         images: (B, C, H, W).
         layer: the explained module (default: D's ``feature_layer`` or last spatial Conv2d).
         target: class index per image for (B, C) outputs (None = predicted class).
-        relu: apply the final ReLU.
+        relu: apply the final ReLU (``cam()`` and the report do; off here, as for ``attribute``).
         batch_size: masked images per forward pass (memory vs. speed).
 
     Returns:
@@ -138,7 +139,7 @@ def ablationcam(
     *,
     layer: nn.Module | None = None,
     target: int | Tensor | None = None,
-    relu: bool = True,
+    relu: bool = False,
     batch_size: int = 2048,
     expand: str = "auto",
 ) -> Tensor:
@@ -149,7 +150,7 @@ def ablationcam(
         images: (B, C, H, W).
         layer: the explained module (default: D's ``feature_layer`` or last spatial Conv2d).
         target: class index per image for (B, C) outputs (None = predicted class).
-        relu: apply the final ReLU.
+        relu: apply the final ReLU (``cam()`` and the report do; off here, as for ``attribute``).
         batch_size: ablated copies per pass (memory vs. speed); at least one copy per image.
         expand: ``"layer"`` (swap the layer's output for the ablated stack), ``"input"`` (repeat the images,
             then swap), or ``"auto"`` (``"layer"``, falling back to ``"input"`` when the model rejects the swap).

@@ -20,7 +20,7 @@ def randomcam(
     *,
     layer: nn.Module | None = None,
     seed: int = 0,
-    relu: bool = True,
+    relu: bool = False,
 ) -> Tensor:
     """Random channel weights on the layer's activations.
 
@@ -29,7 +29,7 @@ def randomcam(
         images: (B, C, H, W).
         layer: the module whose activations are weighted (default: D's ``feature_layer``).
         seed: seed of the weights (the global RNG is not touched).
-        relu: apply the final ReLU.
+        relu: apply the final ReLU (``cam()`` and the report do; off here, as for ``attribute``).
 
     Returns:
         (B, 1, H, W) maps.
