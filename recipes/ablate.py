@@ -29,6 +29,7 @@ from pathlib import Path
 from xai_train.ablation.report import write_report
 from xai_train.ablation.runner import run_cells
 from xai_train.ablation.spec import AblationSpec, expand_cells, load_spec, validate_cells
+from xai_train.cli import run_main
 from xai_train.config import ConfigError, parse_override
 
 
@@ -103,7 +104,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
+    run_main(main)  # a user error: one "error: ..." line, exit code 2 (--debug shows the traceback)

@@ -23,6 +23,7 @@ import torch
 
 from callbacks import ImportanceNoiseSchedule, ImportanceWeightedLoss, XAIGradientMask
 from xai_train.benchmark import markdown_table, rss_mb, time_interleaved
+from xai_train.cli import run_main
 from xai_train.config.diffusion import DiscriminatorConfig
 from xai_train.config.gan import GANTrainConfig
 from xai_train.data import build_dataset
@@ -199,4 +200,4 @@ def gan_suite(args) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a user error: one "error: ..." line, exit code 2 (--debug shows the traceback)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from einops import rearrange
 from safetensors.torch import load_file
 
 from xai_train.checkpoint import TRAINER_STATE_FILE, CheckpointError
+from xai_train.cli import run_main
 from xai_train.config import ConfigError, load_config
 from xai_train.config.diffusion import DiffusionExperiment
 from xai_train.diffusion import TimeConditionedDiscriminator
@@ -87,6 +87,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--checkpoint", default="", help="'latest' or step_<N>; default: the exported pipeline")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     args = parser.parse_args(argv)
+    for flag, value, low in (("--num-images", args.num_images, 1), ("--steps", args.steps, 1), ("--eta", args.eta, 0)):
+        if not value >= low:
+            raise ConfigError(f"{flag}={value}: must be >= {low}")
+    if not args.run_dir.is_dir():
+        raise ConfigError(
+            f"run directory '{args.run_dir}' does not exist; give the folder of a trained run, e.g. runs/ddpm_digits"
+        )
 
     config = load_config(DiffusionExperiment, args.run_dir / "config.yaml")
     if args.checkpoint:
@@ -106,7 +113,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main, user_errors=(FileNotFoundError,))  # one "error: ..." line, exit code 2 (--debug: traceback)

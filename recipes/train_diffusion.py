@@ -17,27 +17,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
 
 from callbacks import EvalMetrics, ImportanceNoiseSchedule, ImportanceWeightedLoss, SelfRefiningDiffusion
-from xai_train.checkpoint import CheckpointError
+from xai_train.cli import run_main
 from xai_train.config import ConfigError, load_config, to_dict
 from xai_train.config.diffusion import DiffusionExperiment
-from xai_train.data import DataError, build_dataset
+from xai_train.data import build_dataset
 from xai_train.diffusion import TimeConditionedDiscriminator
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
 from xai_train.diffusion.self_refine import offline_highlighter
 from xai_train.trainers.diffusion import DiffusionTrainer
-
-
-def check_config(config: DiffusionExperiment) -> None:
-    """Cross-section rules the schema cannot express."""
-    for section in ("importance_weight", "importance_noise"):
-        if getattr(config, section).enabled and not config.discriminator.enabled:
-            raise ConfigError(f"{section}.enabled needs a discriminator: set discriminator.enabled=true")
 
 
 def build_callbacks(config: DiffusionExperiment, alphas_cumprod: torch.Tensor) -> list:
@@ -107,8 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", help="YAML config (defaults apply to missing keys)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
     args = parser.parse_args(argv)
-    config = load_config(DiffusionExperiment, args.config, args.overrides)
-    check_config(config)
+    config = load_config(DiffusionExperiment, args.config, args.overrides)  # also checks rules across sections
 
     torch.manual_seed(config.run.seed)  # identical initial weights on every rank
     data = config.data
@@ -161,7 +152,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, DataError, CheckpointError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main)  # a user error: one "error: ..." line, exit code 2 (--debug shows the traceback)

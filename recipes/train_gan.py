@@ -5,6 +5,7 @@
     python recipes/train_gan.py --config configs/gan/dcgan_digits.yaml run.resume=auto
     accelerate launch --multi_gpu --num_processes 4 recipes/train_gan.py --config configs/gan/dcgan_digits.yaml
     torchrun --nproc_per_node 2 recipes/train_gan.py --config configs/gan/dcgan_digits.yaml   # 2 CPU processes
+    python recipes/train_gan.py --config configs/gan/dcgan_digits.yaml --debug   # tracebacks of user errors too
 
 Outputs go to <run.output_dir>/<run.name>/: config.yaml, tensorboard/, samples/, samples.png, checkpoints/,
 with xai.enabled saliency_overlay.png (fakes with the discriminator's saliency as a heat map), and with
@@ -14,16 +15,15 @@ eval.enabled metrics.jsonl, best.json and checkpoints/best/.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from callbacks import EvalMetrics, SaliencyLogger, XAIGradientMask
-from xai_train.checkpoint import CheckpointError
-from xai_train.config import ConfigError, load_config, to_dict
+from xai_train.cli import run_main
+from xai_train.config import load_config, to_dict
 from xai_train.config.gan import GANExperiment
-from xai_train.data import DataError, ImageDataset, build_dataset
+from xai_train.data import ImageDataset, build_dataset
 from xai_train.models import build_gan
 from xai_train.trainers import GANTrainer
 
@@ -48,25 +48,12 @@ def build_xai_callbacks(config: GANExperiment, dataset: ImageDataset) -> list:
     xai = config.xai
     if not xai.enabled:
         return []
-    options = dict(xai.explainer_options)
+    kwargs = xai.callback_kwargs()
+    options = kwargs["explainer_options"]
     if xai.method in SHAP_METHODS and "baselines" not in options:
         pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.run.seed))
         options["baselines"] = dataset.images[pick[: xai.reference_baselines]]
-    mask = XAIGradientMask(
-        xai.method,
-        options,
-        rule=xai.rule,
-        alpha=xai.alpha,
-        alpha_warmup_steps=xai.alpha_warmup_steps,
-        only_rejected=xai.only_rejected,
-        start_step=xai.start_step,
-        every_n_steps=xai.every_n_steps,
-        preset=xai.preset or None,
-        absolute=xai.absolute,
-        reduce=xai.reduce,
-        blur_sigma=xai.blur_sigma,
-        scope=xai.scope,
-    )
+    mask = XAIGradientMask(**kwargs)
     callbacks = [mask]
     if xai.log_every > 0:
         callbacks.append(SaliencyLogger(xai.log_every, source=mask))
@@ -116,7 +103,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, DataError, CheckpointError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main)  # a user error: one "error: ..." line, exit code 2 (--debug shows the traceback)
