@@ -6,11 +6,12 @@ through a named feature extractor, logs them as ``eval/<metric>_<extractor>``, a
 ``run_dir/metrics.jsonl`` and rewrites ``run_dir/best.json`` when the monitored metric improves.
 
 Sampling: a GAN generator is taken from ``state.models["generator"]`` (unwrapped, eval mode, fixed latents
-from ``sample_latent``); anything else (diffusion, an EMA copy) passes ``sample_fn(n, generator)`` returning
-(n, C, H, W) in [-1, 1], drawing its noise from the given CPU ``torch.Generator``. Samples are cut into
-batches of ``batch_size``, batch ``b`` seeded by ``(seed, b)``; each rank runs a contiguous run of batches,
-so the sample set (and its order) is the same for any number of processes. Real features are computed once,
-each rank its contiguous share, and kept.
+from ``sample_latent``) with the EMA weights of ``state.ema["generator"]`` when the trainer keeps one
+(``ema_decay > 0``; the sample grids use the same weights); anything else (diffusion) passes
+``sample_fn(n, generator)`` returning (n, C, H, W) in [-1, 1], drawing its noise from the given CPU
+``torch.Generator``. Samples are cut into batches of ``batch_size``, batch ``b`` seeded by ``(seed, b)``; each
+rank runs a contiguous run of batches, so the sample set (and its order) is the same for any number of
+processes. Real features are computed once, each rank its contiguous share, and kept.
 
 Keeping the best checkpoint: on an improvement the callback calls ``state.request_checkpoint("best")`` (the
 decision is the same on every rank); the trainers then save ``checkpoints/best``. A hand-written loop can do
@@ -39,6 +40,7 @@ from accelerate.utils import broadcast
 from torch import Tensor
 
 from xai_train import Callback, TrainState
+from xai_train.ema import ema_weights
 from xai_train.metrics import (
     METRICS,
     ClassifierRecipe,
@@ -73,7 +75,8 @@ class EvalMetrics(Callback):
         num_samples: generated samples per evaluation (FD is biased below ~5k; compare at equal counts).
         metrics: any of ``"fd"``, ``"kid"``, ``"pr"``.
         monitor: the metric that defines "best" (lower is better, except precision/recall).
-        sample_fn: ``sample_fn(n, generator)``; default: the GAN generator in ``state.models["generator"]``.
+        sample_fn: ``sample_fn(n, generator)``; default: the GAN generator in ``state.models["generator"]``
+            (with the EMA weights of ``state.ema["generator"]`` if there are any).
         batch_size: samples per generation / feature batch.
         seed: seeds the fixed latents / sampling noise and the KID subsets.
         kid_subsets: KID subsets.
@@ -218,12 +221,8 @@ class EvalMetrics(Callback):
                 f"EvalMetrics: the generator {type(model).__name__} has neither `sample_latent` nor `latent_dim`; "
                 "give it one, or pass sample_fn(n, generator) -> images"
             )
-        was_training = model.training
-        model.eval()
-        try:
+        with ema_weights(model, state.ema.get("generator")) as model:
             return model(latents.to(state.accelerator.device)).float()
-        finally:
-            model.train(was_training)
 
     def evaluate(self, state: TrainState) -> dict[str, Any]:
         """Samples, computes and records the metrics at ``state.step``. A collective: call on every rank.

@@ -92,6 +92,8 @@ class TrainState:
         models: named models (wrapped as prepared by Accelerate), e.g. ``{"generator": G, "discriminator": D}``.
         epoch: passes over the data so far.
         run_dir: the run directory, or ``None`` if the loop writes nothing.
+        ema: EMA copies (diffusers ``EMAModel``) of models, under the model's name in ``models``; whoever
+            samples a model uses them through ``xai_train.ema.ema_weights`` (e.g. ``{"generator": ema}``).
     """
 
     accelerator: Accelerator
@@ -100,6 +102,7 @@ class TrainState:
     models: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
     epoch: int = 0
     run_dir: Path | None = None
+    ema: dict[str, Any] = dataclasses.field(default_factory=dict)
     stop_requested: bool = False
     checkpoint_requests: list[str] = dataclasses.field(default_factory=list)
 

@@ -1,10 +1,7 @@
 """The diffusers parts of a run, built from plain arguments: the UNet, the training and sampling schedulers,
-the optimiser with its LR schedule, and the EMA (with the swap used for sampling and export)."""
+the optimiser with its LR schedule, and the EMA (swapped in for sampling by ``xai_train.ema.ema_weights``)."""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
@@ -143,31 +140,3 @@ def build_ema(model: nn.Module, max_decay: float = 0.9999, inv_gamma: float = 1.
         model_cls=type(model) if config is not None else None,
         model_config=config,
     )
-
-
-@contextlib.contextmanager
-def ema_weights(model: nn.Module, ema: EMAModel | None) -> Iterator[nn.Module]:
-    """``model`` in eval mode with the EMA weights swapped in for the block; weights and mode restored after.
-
-    Args:
-        model: the unwrapped model.
-        ema: its ``EMAModel``, or ``None`` (then only the eval mode is set).
-
-    Example:
-        >>> unet = build_unet(8, 1, (8, 8))
-        >>> ema = EMAModel(unet.parameters())
-        >>> with ema_weights(unet, ema) as m:
-        ...     m.training
-        False
-    """
-    was_training = model.training
-    model.eval()
-    if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-    try:
-        yield model
-    finally:
-        if ema is not None:
-            ema.restore(model.parameters())
-        model.train(was_training)

@@ -33,7 +33,8 @@ from xai_train.diffusion import (
     split_prediction,
     training_target,
 )
-from xai_train.diffusion.models import build_ema, build_optimization, ddim_for, ema_weights
+from xai_train.diffusion.models import build_ema, build_optimization, ddim_for
+from xai_train.ema import ema_weights
 from xai_train.diffusion.pipeline import export_pipeline
 from xai_train.images import make_grid, save_grid, save_png, to_unit_range
 from xai_train.tracking import StepTimer, make_accelerator, start_run
@@ -147,7 +148,13 @@ class DiffusionTrainer(TrainingLoop):
         self.checkpoints = CheckpointManager(
             acc, (self.run_dir or Path(".")) / "checkpoints", keep_last=config.keep_checkpoints
         )
-        self.state = TrainState(acc, max_steps=config.max_steps, models=self.models, run_dir=self.run_dir)
+        self.state = TrainState(
+            acc,
+            max_steps=config.max_steps,
+            models=self.models,
+            run_dir=self.run_dir,
+            ema={"unet": self.ema} if self.ema is not None else {},
+        )
         self.timer = StepTimer()
 
     # --- random draws, identical on every rank --------------------------------------------------------

@@ -21,6 +21,7 @@ from xai_train.checkpoint import CheckpointManager
 from xai_train.checks import check_discriminator_output, check_generator_output
 from xai_train.config.gan import GANTrainConfig
 from xai_train.data import TensorBatches
+from xai_train.ema import ema_weights
 from xai_train.errors import UserError
 from xai_train.images import save_grid
 from xai_train.tracking import StepTimer, make_accelerator, start_run
@@ -133,6 +134,7 @@ class GANTrainer(TrainingLoop):
             max_steps=config.max_steps,
             models={"generator": self.generator, "discriminator": self.discriminator},
             run_dir=self.run_dir,
+            ema={"generator": self.ema} if self.ema is not None else {},
         )
         self.timer = StepTimer()
 
@@ -220,19 +222,9 @@ class GANTrainer(TrainingLoop):
     @torch.no_grad()
     def sample(self, latents: Tensor | None = None) -> Tensor:
         """Images (N, C, H, W) in [-1, 1] from the fixed latents (EMA weights when enabled), eval mode."""
-        generator = self.accelerator.unwrap_model(self.generator)
         latents = (self.fixed_latent if latents is None else latents).to(self.accelerator.device)
-        was_training = generator.training
-        generator.eval()
-        if self.ema is not None:
-            self.ema.store(generator.parameters())
-            self.ema.copy_to(generator.parameters())
-        try:
+        with ema_weights(self.accelerator.unwrap_model(self.generator), self.ema) as generator:
             return generator(latents).float()
-        finally:
-            if self.ema is not None:
-                self.ema.restore(generator.parameters())
-            generator.train(was_training)
 
     def sample_and_log(self, final: bool = False) -> None:
         samples = self.sample()
