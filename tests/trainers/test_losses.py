@@ -31,3 +31,16 @@ def test_hinge_and_lsgan_values():
 def test_unknown_loss():
     with pytest.raises(ValueError, match="unknown GAN loss 'wgan'; choose one of: bce, hinge, lsgan"):
         generator_loss(torch.zeros(1, 1), "wgan")
+
+
+def test_generator_target_is_the_reference_codes_bce_against_its_real_label():
+    """The xAI-GAN code: ``BCELoss()(sigmoid(D(fake)), full(0.9))`` for G (its ``real_label``)."""
+    d_fake = torch.randn(7, 1, generator=torch.Generator().manual_seed(0)) * 3
+    reference = torch.nn.BCELoss(reduction="none")(torch.sigmoid(d_fake), torch.full_like(d_fake, 0.9))
+    torch.testing.assert_close(generator_loss(d_fake, "bce", target=0.9), reference.squeeze(1), atol=1e-5, rtol=1e-5)
+    # the gradient vanishes at D(fake) = 0.9, not at 1: G is no longer pushed past the smoothed label
+    at_target = torch.logit(torch.tensor([[0.9]])).requires_grad_(True)
+    generator_loss(at_target, "bce", target=0.9).sum().backward()
+    assert abs(float(at_target.grad)) < 1e-6
+    with pytest.raises(ValueError, match="target=0.9 needs loss='bce'"):
+        generator_loss(d_fake, "hinge", target=0.9)

@@ -32,6 +32,16 @@ def check_method_name(config: object, name: str = "method") -> None:
         raise ConfigError(f"{name}={value!r}: unknown explainer; choose one of: {', '.join(METHODS)}")
 
 
+def check_map_source_name(config: object, choices: tuple[str, ...]) -> None:
+    """``map_source`` must be one of ``choices``; the former name "x0_hat" gets an error naming "x0"."""
+    from xai_train.diffusion.importance import check_map_source
+
+    try:
+        check_map_source(config.map_source, choices)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def check_widths(config: object, name: str, groups: int, groups_name: str) -> None:
     """A non-empty tuple of widths >= 1, each divisible by ``groups`` (GroupNorm) when ``groups > 0``."""
     widths = getattr(config, name)
@@ -153,7 +163,7 @@ class ImportanceWeightConfig:
     rule: Literal["scale", "mean"] = "mean"  # "scale": 1 + alpha*M; "mean": (1 - beta) + beta*S/mean(S)
     alpha: float = 1.0
     beta: float = 0.5
-    map_source: Literal["x_t", "x0"] = "x_t"  # "x0" shifts the optimum: an ablation arm only
+    map_source: str = "x_t"  # "x_t" or "x0"; "x0" shifts the optimum: an ablation arm only
     method: str = "saliency"
     blur_sigma: float = 1.0  # pixels; smooths single-pixel gradient noise
     start_step: int = 200  # let D learn before its maps steer the UNet
@@ -165,6 +175,7 @@ class ImportanceWeightConfig:
         check_fields(self, "must be in [0, 1)", half_open_unit, "beta")
         check_fields(self, "must be >= 0 (pixels; 0 = no blur)", at_least(0), "blur_sigma")
         check_fields(self, "must be >= 0", lambda v: v >= 0, "start_step")
+        check_map_source_name(self, ("x_t", "x0"))
         check_choices(self)
 
 
@@ -176,7 +187,7 @@ class ImportanceNoiseConfig:
     midpoint: float = 0.5  # t_phi: above it the noise is nearly isotropic
     lambda_min: float = 0.25  # important pixels keep 1/sqrt(1 + 1/lambda_min) of the noise at t = 0
     lambda_max: float = 4.0
-    map_source: Literal["x0", "x_t"] = "x0"  # "x0": S(x0) in training, S(x0_hat) in sampling
+    map_source: str = "x0"  # "x0": S(x0) in training, S(x̂0) in sampling; or "x_t"
     method: str = "saliency"
     blur_sigma: float = 1.0
     num_buckets: int = 20  # curriculum: timestep buckets
@@ -200,6 +211,7 @@ class ImportanceNoiseConfig:
         check_fields(self, "must be >= 1", lambda v: v >= 1, "num_buckets", "update_every")
         check_fields(self, "must be in (0, 1] (0 would allow unbounded weights)", lambda v: 0 < v <= 1, "uniform_mix")
         check_fields(self, "must be in [0, 1)", half_open_unit, "decay")
+        check_map_source_name(self, ("x0", "x_t"))
         check_choices(self)
 
 

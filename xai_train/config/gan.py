@@ -49,6 +49,7 @@ class GANTrainConfig:
     loss: Literal["bce", "hinge", "lsgan"] = "bce"
     real_label: float = 1.0  # the paper smooths to 0.9
     fake_label: float = 0.0  # the paper uses 0.1
+    generator_label: float = 1.0  # G's BCE target; the xAI-GAN code trains G against its real_label, 0.9
     d_steps_per_g_step: int = 1
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
@@ -69,6 +70,9 @@ class GANTrainConfig:
         check_fields(self, "must be a finite number > 0 (the paper uses 2e-4)", positive, "lr_g", "lr_d")
         check_betas(self)
         check_fields(self, "must be in [0, 1] (a BCE target)", unit_interval, "real_label", "fake_label")
+        check_fields(self, "must be in [0, 1] (a BCE target)", unit_interval, "generator_label")
+        if self.loss != "bce" and self.generator_label != 1.0:
+            raise ConfigError(f"generator_label={self.generator_label}: only loss=bce has a target; set it to 1.0")
         check_fields(self, "must be in [0, 1) (0 disables the EMA; 0.999 is common)", half_open_unit, "ema_decay")
         check_fields(self, "must be >= 0 (0 disables)", at_least(0), "clip_grad_norm_g", "clip_grad_norm_d")
         check_choices(self)

@@ -174,7 +174,7 @@ class GANTrainer(TrainingLoop):
                 d_fake = discriminator(fake)
             self.callbacks.on_generator_forward(self.state, fake, d_fake, discriminator)
             with acc.autocast():
-                loss_map = generator_loss(d_fake, cfg.loss)
+                loss_map = generator_loss(d_fake, cfg.loss, cfg.generator_label)
             loss_map = self.callbacks.on_loss(self.state, loss_map, "generator")
             loss = loss_map.mean()
             acc.backward(loss)

@@ -54,12 +54,15 @@ def discriminator_loss(
     return 0.5 * ((d_real - 1.0) ** 2 + d_fake**2)
 
 
-def generator_loss(d_fake: Tensor, loss: str = "bce") -> Tensor:
+def generator_loss(d_fake: Tensor, loss: str = "bce", target: float = 1.0) -> Tensor:
     """Per-sample generator loss (non-saturating for "bce").
 
     Args:
         d_fake: (B, 1) logits on generated images.
         loss: "bce", "hinge" or "lsgan".
+        target: BCE target of the fakes in G's loss; 1 is the non-saturating loss. The xAI-GAN reference
+            code trains G against its smoothed real label, 0.9 (so G is pushed towards D(fake) = 0.9, not 1).
+            Only "bce" takes a target other than 1.
 
     Returns:
         (B,) loss per sample.
@@ -68,11 +71,15 @@ def generator_loss(d_fake: Tensor, loss: str = "bce") -> Tensor:
         >>> import torch
         >>> generator_loss(torch.tensor([[1.5]]), "hinge")
         tensor([-1.5000])
+        >>> generator_loss(torch.tensor([[0.0]]), "bce", target=0.9)  # log 2 for any target at D = 1/2
+        tensor([0.6931])
     """
     _check(loss)
+    if loss != "bce" and target != 1.0:
+        raise ValueError(f"generator_loss: target={target} needs loss='bce' (the {loss} loss has no target)")
     d_fake = rearrange(d_fake, "b 1 -> b")
     if loss == "bce":
-        return F.softplus(-d_fake)
+        return _bce(d_fake, target)
     if loss == "hinge":
         return -d_fake
     return 0.5 * (d_fake - 1.0) ** 2
