@@ -12,7 +12,9 @@ IoU of about 0.83).
 Method name: ``"grad"``. Cost: a min-max normalisation inside the hook, no extra pass through D. The
 gradient function takes ``g``, builds ``M`` from it in float32 and returns ``rule(g, M)``; ``M`` is
 invariant to positive rescaling of ``g`` (exactly for the powers of two AMP loss scales use), so the
-function stays positively homogeneous: ``f(c·g) = c·f(g)``.
+function stays positively homogeneous: ``f(c·g) = c·f(g)``. A sample whose gradient holds NaN/Inf (an
+fp16 overflow, after which the loss scaler skips the step) gets an all-zero mask and is flagged
+``degenerate`` (``to_mask(..., nonfinite="flag")``), which the callbacks count and log.
 """
 
 from __future__ import annotations
