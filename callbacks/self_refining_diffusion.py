@@ -49,7 +49,7 @@ class SelfRefiningDiffusion(Callback):
     Args:
         sample_fn: EMA sampler, ``(n, steps, generator) -> (n, C, H, W)`` (e.g. ``trainer.sample``).
         real_images: (N, C, H, W) training images in [-1, 1]: the FH's real class.
-        highlighter: the FH (default: a DCGAN discriminator of ``highlighter_width``); ignored for
+        highlighter: the FH (default: ``FlawHighlighter`` of ``highlighter_width``); ignored for
             ``fam_source="discriminator"``.
         alphas_cumprod: (T,) ᾱ of the schedule; needed by per-sample maps of D on x_t.
         pretrained_highlighter: the FH is already trained (no training at the switch).
@@ -113,7 +113,7 @@ class SelfRefiningDiffusion(Callback):
         highlighter_samples: int = 256,
         highlighter_epochs: int = 20,
         highlighter_batch_size: int = 16,
-        highlighter_lr: float = 2e-4,
+        highlighter_lr: float = 2e-3,
         highlighter_held_out: float = 0.1,
         online_lr: float = 2e-4,
         buffer_capacity: int = 256,

@@ -40,14 +40,14 @@ class SelfRefineConfig:
     evidence: Literal["real", "generated"] = "real"  # explain FH's output (authors: output 0) or its negation
     num_samples: int = 0  # EMA samples per process for one FAM; 0 = train.batch_size (authors: the batch size)
     sample_steps: int = 25  # DDIM steps of those samples (authors: 250; 25 keeps a refresh cheap on a CPU)
-    highlighter_width: int = 16  # base width of the DCGAN FH (authors: a VGG16 backbone)
+    highlighter_width: int = 16  # first conv width of the FH, a DCGAN-style conv stack (authors: a VGG16 backbone)
     highlighter_checkpoint: str = ""  # safetensors FH weights (xai_train FH); "" = train it at the switch
     highlighter_real_dir: str = ""  # the authors' offline data: a folder of real images ("" = the dataset)
     highlighter_fake_dir: str = ""  # ... and one of generated images ("" = EMA samples drawn at the switch)
     highlighter_samples: int = 256  # EMA samples per process for the FH at the switch
     highlighter_epochs: int = 20  # authors: 20
     highlighter_batch_size: int = 16  # authors: 16
-    highlighter_lr: float = 2.0e-4  # authors: 1e-5 on a pretrained VGG16; a scratch FH needs more
+    highlighter_lr: float = 2.0e-3  # authors: 1e-5 on a pretrained VGG16; our small FH learns from scratch
     highlighter_held_out: float = 0.1  # authors: 10% held out, best-accuracy epoch kept
     online_lr: float = 2.0e-4  # online FH's AdamW
     buffer_capacity: int = 256  # online FH's replay buffer of FAM samples

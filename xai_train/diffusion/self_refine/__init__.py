@@ -25,6 +25,7 @@ from xai_train.diffusion.self_refine.fam import (
     flaw_maps,
 )
 from xai_train.diffusion.self_refine.highlighter import (
+    FlawHighlighter,
     HighlighterReport,
     OnlineHighlighter,
     bce_loss,
@@ -48,6 +49,7 @@ __all__ = [
     "FamAttention",
     "FamAttnProcessor",
     "FamProjection",
+    "FlawHighlighter",
     "HighlighterReport",
     "OnlineHighlighter",
     "amplified_noise",
