@@ -104,7 +104,9 @@ def test_weights_do_not_depend_on_the_callbacks_order(quadratic):
 
     def final_plan(callbacks):
         callbacks = CallbackList(callbacks)
-        return callbacks.on_diffusion_noised(state, clean, noised(callbacks.on_diffusion_noise(state, clean, plan), clean, scheduler))
+        return callbacks.on_diffusion_noised(
+            state, clean, noised(callbacks.on_diffusion_noise(state, clean, plan), clean, scheduler)
+        )
 
     noise = ImportanceNoiseSchedule(scheduler.alphas_cumprod, blur_sigma=0.0)
     weight = ImportanceWeightedLoss(rule="scale", alpha=1.0, blur_sigma=0.0, start_step=0)
@@ -139,7 +141,10 @@ def test_callback_arguments_are_checked_and_defaults_are_the_configs():
     alphas = DDPMScheduler(num_train_timesteps=100).alphas_cumprod
     with pytest.raises(ValueError, match="x_t, x0"):
         ImportanceWeightedLoss(map_source="clean")
-    for make in (lambda: ImportanceWeightedLoss(map_source="x0_hat"), lambda: ImportanceNoiseSchedule(alphas, map_source="x0_hat")):
+    for make in (
+        lambda: ImportanceWeightedLoss(map_source="x0_hat"),
+        lambda: ImportanceNoiseSchedule(alphas, map_source="x0_hat"),
+    ):
         with pytest.raises(ValueError, match="'x0_hat' is now called 'x0'"):
             make()
     with pytest.raises(ValueError, match="unknown explainer 'foo'"):
@@ -158,7 +163,10 @@ def test_callback_arguments_are_checked_and_defaults_are_the_configs():
         assert getattr(noise, name) == getattr(config_noise, name), name
     schedule = noise.schedule
     assert (schedule.sharpness, schedule.midpoint, schedule.lambda_min, schedule.lambda_max) == (
-        config_noise.sharpness, config_noise.midpoint, config_noise.lambda_min, config_noise.lambda_max
+        config_noise.sharpness,
+        config_noise.midpoint,
+        config_noise.lambda_min,
+        config_noise.lambda_max,
     )
 
 
@@ -235,7 +243,9 @@ def test_hand_written_accelerate_loop(mode, make_unet):
         raw = F.mse_loss(unet(noisy, plan.timesteps).sample, target, reduction="none")
         loss_map = callbacks.on_loss(state, plan.weigh(raw), "denoiser")  # New Code #
         # the weight is 1 + 0.5·M with M in [0, 1] (max 1 per image), times the curriculum's correction
-        ratio = (loss_map / raw).detach() / (1 if plan.timestep_weight is None else plan.timestep_weight.view(-1, 1, 1, 1))
+        ratio = (loss_map / raw).detach() / (
+            1 if plan.timestep_weight is None else plan.timestep_weight.view(-1, 1, 1, 1)
+        )
         torch.testing.assert_close(ratio.amax(dim=(1, 2, 3)), torch.full((4,), 1.5))
         assert float(ratio.min()) >= 1.0 - 1e-6
         accelerator.backward(loss_map.mean())

@@ -36,12 +36,11 @@ def check_map_source(map_source: str, allowed: tuple[str, ...] = MAP_SOURCES) ->
         >>> check_map_source("x0_hat")
         Traceback (most recent call last):
         ...
-        ValueError: map_source='x0_hat' is now called 'x0' (the map of the clean image: x0 in training, its estimate x̂0 while sampling)
+        ValueError: map_source='x0_hat' is now called 'x0' (the clean image's map: x0 in training, x̂0 in sampling)
     """
     if map_source == "x0_hat" and "x0" in allowed:
         raise ValueError(
-            "map_source='x0_hat' is now called 'x0' (the map of the clean image: x0 in training, "
-            "its estimate x̂0 while sampling)"
+            "map_source='x0_hat' is now called 'x0' (the clean image's map: x0 in training, x̂0 in sampling)"
         )
     if map_source not in allowed:
         raise ValueError(f"map_source={map_source!r}: choose one of: {', '.join(allowed)}")

@@ -26,13 +26,30 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from captum.attr import DeepLift
-from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from xai_train.explain.base import has_train_mode_batch_norm
 
 CAPTUM_HOOK_WARNING = "Setting forward, backward hooks and attributes on non-linear"
+
+DEEPLIFT_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.Softmax,
+)
+"""The module types whose gradient captum's DeepLift replaces by its multipliers (captum 0.8-0.9).
+
+captum keeps this list in a private module, so the project owns a copy instead of importing it (a private
+path can move in any release); ``tests/explain/test_explain_deeplift_check.py`` checks it against the
+installed captum, both the private list and DeepLift's behaviour on each activation."""
 
 _FUNCTIONAL_NAMES = (
     "relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu mish softplus softsign hardtanh "
@@ -95,7 +112,7 @@ def check_deeplift(model: nn.Module, images: Tensor, baselines: Tensor | float =
             "use bn_mode='eval' (the default)"
         )
     image = images[:1].detach().requires_grad_(True)
-    supported = {m for m in model.modules() if type(m) in SUPPORTED_NON_LINEAR}
+    supported = {m for m in model.modules() if type(m) in DEEPLIFT_MODULES}
     root = getattr(model, "discriminator", model)  # name modules as "D.<path>", not via the ScoreModel
     names = {m: f"D.{name}" if name else "D" for name, m in root.named_modules()}
     for name, m in model.named_modules():
@@ -131,7 +148,7 @@ def check_deeplift(model: nn.Module, images: Tensor, baselines: Tensor | float =
         )
     if probe.found:
         found = "; ".join(dict.fromkeys(probe.found))
-        supported_names = ", ".join(sorted(t.__name__ for t in SUPPORTED_NON_LINEAR))
+        supported_names = ", ".join(sorted(t.__name__ for t in DEEPLIFT_MODULES))
         raise ValueError(
             f"deeplift: D applies non-linearities outside captum-supported activation modules: {found}. "
             f"DeepLift would treat them as linear; use one nn.Module instance per non-linearity, of a "

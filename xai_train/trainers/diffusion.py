@@ -34,8 +34,8 @@ from xai_train.diffusion import (
     training_target,
 )
 from xai_train.diffusion.models import build_ema, build_optimization, ddim_for
-from xai_train.ema import ema_weights
 from xai_train.diffusion.pipeline import export_pipeline
+from xai_train.ema import ema_weights
 from xai_train.images import make_grid, save_grid, save_png, to_unit_range
 from xai_train.tracking import StepTimer, make_accelerator, start_run
 from xai_train.trainers.loop import TrainingLoop
