@@ -122,8 +122,9 @@ def test_digits_oracle_agrees_with_manifold_counterfactuals_not_with_adversarial
     decoder = FlowDecoder(flow, shape=(1, 8, 8))
     pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:32]
     x, targets = images[pick], (labels[pick] + 1) % 10
-    counterfactual = manifold_counterfactuals(classifier, decoder, x, targets, lr=5e-2, max_steps=300)
-    adversarial = pixel_adversarial(classifier, x, targets, lr=5e-3, max_steps=300)
+    # p_stop 0.9: this briefly trained classifier is rarely 99% sure of anything.
+    counterfactual = manifold_counterfactuals(classifier, decoder, x, targets, lr=5e-2, max_steps=300, p_stop=0.9)
+    adversarial = pixel_adversarial(classifier, x, targets, lr=5e-3, max_steps=300, p_stop=0.9)
     agree_cf = oracle_agreement(oracle, counterfactual.counterfactuals, targets).float().mean()
     agree_adv = oracle_agreement(oracle, adversarial.counterfactuals, targets).float().mean()
     assert float(adversarial.success.float().mean()) > 0.9  # the attack does fool the explained classifier
