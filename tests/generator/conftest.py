@@ -1,21 +1,21 @@
-"""Shared fixtures: a tiny DCGAN trained for a few steps on digits, and its planted-blob copy."""
+"""Shared fixtures: a tiny DCGAN trained for a few steps on grey shapes, and its planted-blob copy."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from xai_train.data import build_dataset
+from xai_train.data import make_shapes
 from xai_train.generator.planted import plant_blob
 from xai_train.models import DCGANDiscriminator, DCGANGenerator
 
-STEPS = 40  # enough to leave the initialisation (strokes appear); seconds on a CPU
+STEPS = 30  # enough to leave the initialisation; seconds on a CPU
 
 
 @pytest.fixture(scope="session")
 def trained_gan() -> tuple[DCGANGenerator, DCGANDiscriminator]:
-    """G and D (width 8, 32×32 digits) after a short non-saturating GAN training, in eval mode."""
+    """G and D (width 8, 32×32 grey shapes) after a short non-saturating GAN training, in eval mode."""
     torch.manual_seed(0)
-    images = build_dataset("digits", image_size=32, channels=1).images
+    images = make_shapes(512, image_size=32, channels=1, seed=0).images
     G, D = DCGANGenerator(32, 1, width=8), DCGANDiscriminator(32, 1, width=8)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.5, 0.999))
@@ -39,8 +39,10 @@ def planted(trained_gan):
     return plant_blob(trained_gan[0], fraction=0.2, position=(0, 0))
 
 
-def corner_blob_segmenter(blob: torch.Tensor):
+@pytest.fixture(scope="session")
+def blob_segmenter(planted):
     """Oracle concept "blob": the blob's pixels in images whose blob region is mostly white."""
+    blob = planted.blob
 
     def segment(images: torch.Tensor) -> torch.Tensor:
         region = images.mean(dim=1, keepdim=True)[..., blob[0, 0]].mean(dim=-1)  # (B, 1)

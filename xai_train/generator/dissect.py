@@ -78,10 +78,13 @@ class Dissection:
         for rank, unit in enumerate(best_iou.argsort(descending=True).tolist(), start=1):
             c = keep[best[unit].item()]
             threshold = self.thresholds[unit, c] if self.thresholds.dim() == 2 else self.thresholds[unit]
-            effect = {name: float("nan") if t is None else t[unit, c].item()
-                      for name, t in (("ablate", self.ablate), ("insert", self.insert), ("ace", self.ace))}  # fmt: skip
-            rows.append({"rank": rank, "unit": unit, "concept": self.concepts[c], "iou": best_iou[unit].item(),
-                         "threshold": threshold.item(), **effect, "counts": best_iou[unit].item() > MIN_IOU})  # fmt: skip
+            effects = (("ablate", self.ablate), ("insert", self.insert), ("ace", self.ace))
+            effect = {name: float("nan") if t is None else t[unit, c].item() for name, t in effects}
+            value = best_iou[unit].item()
+            rows.append(
+                {"rank": rank, "unit": unit, "concept": self.concepts[c], "iou": value,
+                 "threshold": threshold.item(), **effect, "counts": value > MIN_IOU}
+            )  # fmt: skip
         return rows
 
     def units_for(self, concept: str, top: int) -> list[int]:

@@ -163,7 +163,8 @@ def information_quality_ratio(counts: dict[str, Tensor]) -> Tensor:
     cells = [p11, p1_ - p11, p_1 - p11, 1 - p1_ - p_1 + p11]
     margins = [(p1_, p_1), (p1_, 1 - p_1), (1 - p1_, p_1), (1 - p1_, 1 - p_1)]
     joint_entropy = -sum(torch.special.xlogy(p, p) for p in cells)
-    mutual = sum(torch.special.xlogy(p, p) - torch.special.xlogy(p, a * b) for p, (a, b) in zip(cells, margins, strict=True))
+    pairs = zip(cells, margins, strict=True)
+    mutual = sum(torch.special.xlogy(p, p) - torch.special.xlogy(p, a * b) for p, (a, b) in pairs)
     return (mutual / joint_entropy.clamp_min(1e-12)).float()
 
 

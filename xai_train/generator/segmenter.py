@@ -169,7 +169,8 @@ def load_or_train_segmenter(
 
     recipe = recipe or SegmenterRecipe()
     key = hashlib.sha256(json.dumps([dataset, image_size, channels, dataclasses.asdict(recipe)]).encode())
-    stem = Path(cache_dir or default_cache_dir() / "segmenters") / f"{dataset}-{image_size}px-{channels}c-{key.hexdigest()[:12]}"
+    folder = Path(cache_dir or default_cache_dir() / "segmenters")
+    stem = folder / f"{dataset}-{image_size}px-{channels}c-{key.hexdigest()[:12]}"
     weights, meta = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     if weights.is_file() and meta.is_file():
         info = json.loads(meta.read_text())
