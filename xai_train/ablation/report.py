@@ -18,7 +18,7 @@ from xai_train.ablation.plots import arm_curves, plot_curves
 from xai_train.ablation.results import ArmResult, aggregate, cell_row, collect_cells, quantities
 from xai_train.ablation.spec import AblationSpec, format_value
 from xai_train.ablation.stats import Summary, format_mean_std, format_relative
-from xai_train.benchmark import markdown_table
+from xai_train.benchmarks.timing import markdown_table
 
 LABELS = {"fd": "FD", "kid": "KID", "precision": "precision", "recall": "recall"}
 

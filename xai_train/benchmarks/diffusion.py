@@ -1,4 +1,7 @@
-"""Timing helpers for the diffusion overhead benchmark (``recipes/benchmark.py`` builds the arms).
+"""Diffusion benchmark arms: one trainer per arm, refills of the replay buffer timed apart.
+
+``recipes/benchmark.py --suite diffusion`` builds the arms (it passes the callbacks, which this library
+never imports).
 
 An arm is a ``DiffusionTrainer`` whose ``train_step`` is one timed step; every arm shares the UNet
 architecture, batch and data, so the ratios to the plain arm isolate D's update, the saliency and the
@@ -46,6 +49,12 @@ def make_diffusion_arm(
 
     Returns:
         A trainer; time ``trainer.train_step`` (see :func:`step_fn`).
+
+    Example:
+        >>> images = torch.rand(16, 1, 8, 8) * 2 - 1
+        >>> plain = make_diffusion_arm(images, batch_size=4, block_out_channels=(16, 32), cpu=True)
+        >>> plain.adversary is None, plain.config.batch_size
+        (True, 4)
     """
     torch.manual_seed(0)
     _, channels, size, _ = images.shape
@@ -73,9 +82,24 @@ def make_diffusion_arm(
 
 
 def step_fn(trainer: DiffusionTrainer) -> Callable[[], None]:
-    """One training step of ``trainer`` that never triggers a buffer refill (timed apart)."""
+    """One training step of ``trainer`` that never triggers a buffer refill (timed apart).
+
+    Args:
+        trainer: an arm from :func:`make_diffusion_arm`; its buffer (if any) is filled once here.
+
+    Returns:
+        A callable running one step and advancing ``trainer.state.step``.
+
+    Example:
+        >>> arm = make_diffusion_arm(torch.rand(16, 1, 8, 8) * 2 - 1, batch_size=4, block_out_channels=(16, 32),
+        ...                          cpu=True)
+        >>> step = step_fn(arm)
+        >>> step(); step()
+        >>> arm.state.step
+        2
+    """
     if trainer.adversary is not None and trainer.adversary.buffer is not None:
-        trainer._refresh_buffer()  # fill once; the refill cost is measured by refill_seconds_per_step
+        trainer.refresh_replay_buffer()  # fill once; the refill cost is measured by refill_seconds_per_step
         trainer.adversary.buffer.refresh_every = 10**9
 
     def step() -> None:
@@ -86,17 +110,47 @@ def step_fn(trainer: DiffusionTrainer) -> Callable[[], None]:
 
 
 def refill_seconds_per_step(trainer: DiffusionTrainer, refresh_every: int, repeats: int = 1) -> float:
-    """Seconds one replay-buffer refill costs, divided by the refill interval R (0 without a buffer)."""
+    """Seconds one replay-buffer refill costs, divided by the refill interval R (0 without a buffer).
+
+    Args:
+        trainer: the arm.
+        refresh_every: R, the steps between refills in a real run.
+        repeats: refills timed (their mean is used).
+
+    Returns:
+        Refill seconds per training step.
+
+    Example:
+        >>> plain = make_diffusion_arm(torch.rand(16, 1, 8, 8) * 2 - 1, batch_size=4, block_out_channels=(16, 32),
+        ...                            cpu=True)
+        >>> refill_seconds_per_step(plain, 100)  # no discriminator, no buffer
+        0.0
+    """
     if trainer.adversary is None or trainer.adversary.buffer is None:
         return 0.0
     start = time.perf_counter()
     for _ in range(repeats):
-        trainer._refresh_buffer()
+        trainer.refresh_replay_buffer()
     return (time.perf_counter() - start) / repeats / refresh_every
 
 
 def sampling_seconds_per_image(trainer: DiffusionTrainer, num_images: int = 8, num_inference_steps: int = 50) -> float:
-    """Wall time per image of the arm's sampler (plain or importance DDIM) with ``num_inference_steps``."""
+    """Wall time per image of the arm's sampler (plain or importance DDIM) with ``num_inference_steps``.
+
+    Args:
+        trainer: the arm.
+        num_images: images sampled in one call (after a 1-image warm-up).
+        num_inference_steps: DDIM steps.
+
+    Returns:
+        Seconds per image.
+
+    Example:
+        >>> plain = make_diffusion_arm(torch.rand(16, 1, 8, 8) * 2 - 1, batch_size=4, block_out_channels=(16, 32),
+        ...                            cpu=True)
+        >>> sampling_seconds_per_image(plain, num_images=2, num_inference_steps=2) > 0
+        True
+    """
     generator = torch.Generator().manual_seed(0)
     trainer.sample(1, 2, generator)  # warm-up
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Benchmark machinery: interleaved step timing, resident memory, Markdown tables.
+"""Step timing for benchmarks: interleaved arms, per-step synchronisation, Markdown tables.
 
 Arms are timed round-robin (one step of each arm per round), so a slow phase of the machine hits every
 arm alike and ratios measured in one run stay meaningful.
@@ -7,9 +7,7 @@ arm alike and ratios measured in one run stay meaningful.
 from __future__ import annotations
 
 import math
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,18 +15,15 @@ from dataclasses import dataclass, field
 import torch
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now, in MiB (Linux /proc; falls back to the peak elsewhere)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            pages = int(statm.read().split()[1])
-        return pages * resource.getpagesize() / 2**20
-    except OSError:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
 def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work (a no-op on the CPU), so that a timer measures the step itself.
+
+    Args:
+        device: the device the step runs on.
+
+    Example:
+        >>> synchronize(torch.device("cpu"))  # nothing to wait for
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -94,6 +89,13 @@ def time_interleaved(
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured Markdown table.
+
+    Args:
+        header: column names.
+        rows: one sequence of cells per row (formatted with ``str``).
+
+    Returns:
+        The table, one line per row, no trailing newline.
 
     Example:
         >>> print(markdown_table(["a", "b"], [[1, 2.5]]))
