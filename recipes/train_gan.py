@@ -14,6 +14,10 @@ eval.enabled metrics.jsonl, best.json and checkpoints/best/.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (xai_train/threads.py)
+
 import argparse
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from xai_train.config import load_config, to_dict
 from xai_train.config.gan import GANExperiment
 from xai_train.data import ImageDataset, build_dataset
 from xai_train.models import build_gan
+from xai_train.threads import configure_threads
 from xai_train.trainers import GANTrainer
 
 SHAP_METHODS = ("deeplift_shap", "gradient_shap")  # explain against real images as baselines
@@ -64,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (defaults apply to missing keys)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
+    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     args = parser.parse_args(argv)
+    threads = configure_threads(args.threads)  # OMP_NUM_THREADS if set, else half the CPUs: robust to other load
     config = load_config(GANExperiment, args.config, args.overrides)
 
     torch.manual_seed(config.run.seed)  # identical initial weights on every rank
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         run_config=to_dict(config),
         cpu=config.run.cpu,
     )
+    trainer.accelerator.print(threads.describe())
     summary = trainer.train()
     trainer.accelerator.print(
         f"done: {summary['steps']} steps, median step {summary['median_step_time'] * 1000:.1f} ms, "
