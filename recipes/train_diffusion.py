@@ -15,6 +15,10 @@ Sample a finished run with recipes/sample.py.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads OpenMP (see xai_train/threads.py)
+
 import argparse
 import dataclasses
 from pathlib import Path
@@ -29,6 +33,7 @@ from xai_train.data import build_dataset
 from xai_train.diffusion import TimeConditionedDiscriminator
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
 from xai_train.diffusion.self_refine import offline_highlighter
+from xai_train.threads import configure_threads
 from xai_train.trainers.diffusion import DiffusionTrainer
 
 
@@ -98,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (defaults apply to missing keys)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
+    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     args = parser.parse_args(argv)
+    threads = configure_threads(args.threads)  # OMP_NUM_THREADS if set, else half the CPUs: robust to other load
     config = load_config(DiffusionExperiment, args.config, args.overrides)  # also checks rules across sections
 
     torch.manual_seed(config.run.seed)  # identical initial weights on every rank
@@ -143,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         cpu=config.run.cpu,
     )
     trainer_box.append(trainer)
+    trainer.accelerator.print(threads.describe())
     summary = trainer.train()
     trainer.accelerator.print(
         f"done: {summary['steps']} steps, median step {summary['median_step_time'] * 1000:.1f} ms, "
