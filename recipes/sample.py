@@ -12,6 +12,10 @@ in [0, 1]; seed; steps). Default <out>: <run>/sampled/seed<seed>_steps<steps>.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads OpenMP (see xai_train/threads.py)
+
 import argparse
 import dataclasses
 from pathlib import Path
@@ -30,6 +34,7 @@ from xai_train.diffusion import TimeConditionedDiscriminator
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
 from xai_train.diffusion.pipeline import ImportanceDiffusionPipeline, load_pipeline, sample_pipeline
 from xai_train.images import make_grid, save_png
+from xai_train.threads import configure_threads
 
 
 def checkpoint_folder(run_dir: Path, name: str) -> Path:
@@ -86,7 +91,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--checkpoint", default="", help="'latest' or step_<N>; default: the exported pipeline")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
+    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     args = parser.parse_args(argv)
+    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else half the CPUs: robust to other load
     for flag, value, low in (("--num-images", args.num_images, 1), ("--steps", args.steps, 1), ("--eta", args.eta, 0)):
         if not value >= low:
             raise ConfigError(f"{flag}={value}: must be >= {low}")
