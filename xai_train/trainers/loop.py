@@ -16,9 +16,11 @@ from typing import Any
 from accelerate import Accelerator
 from torch import Tensor
 
+from xai_train.atomic import atomic_write
 from xai_train.callback import CallbackList, TrainState
 from xai_train.checkpoint import CheckpointManager
 from xai_train.data import TensorBatches
+from xai_train.distributed import failures_on_any_rank
 from xai_train.tracking import StepTimer, progress_bar
 
 SUMMARY_FILE = "summary.json"
@@ -93,15 +95,19 @@ class TrainingLoop:
                 self.save_checkpoint(name)
 
     def _check_finite(self, logs: Mapping[str, float]) -> None:
+        """Raises on every rank alike if any rank logged a NaN/inf (a collective: call it on every rank)."""
         bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
-        if bad:
+        failures = failures_on_any_rank(self.accelerator, str(bad) if bad else None)
+        if failures:
             latest = self.checkpoints.latest() if self.run_dir is not None else None
             raise FloatingPointError(
-                f"non-finite training values at step {self.state.step}: {bad}; last good checkpoint: {latest}. "
-                "Lower the learning rates, enable gradient clipping, or use mixed_precision=no."
+                f"non-finite training values at step {self.state.step}: {'; '.join(failures)}; last good checkpoint: "
+                f"{latest}. Lower the learning rates, enable gradient clipping, or use mixed_precision=no."
             )
 
     def _resume(self) -> None:
+        if self.run_dir is not None:
+            self.checkpoints.clean_leftovers()
         checkpoint = self.checkpoints.resolve(self.resume)
         self._start_clock()
         if checkpoint is not None:
@@ -163,7 +169,5 @@ class TrainingLoop:
             **last_logs,
         }
         if self.run_dir is not None and acc.is_main_process:
-            tmp = self.run_dir / (SUMMARY_FILE + ".tmp")
-            tmp.write_text(json.dumps(summary, indent=2))
-            tmp.replace(self.run_dir / SUMMARY_FILE)
+            atomic_write(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         return {**summary, "run_dir": self.run_dir}
