@@ -87,6 +87,9 @@ class XAIGradientMask(Callback):
     ``xai`` config section): ``XAIGradientMask(0.2)`` is a TypeError, not a method called ``0.2``.
     ``on_generator_forward`` checks that ``fake`` is (B, C, H, W) and ``d_fake`` (B, 1), and warns once if
     ``state.step`` never advances while ``start_step``/``every_n_steps``/``alpha_warmup_steps`` need it.
+    Fakes with NaN/Inf are an error (``attribute``); a NaN/Inf map (an fp16 gradient overflow with
+    ``"grad"``, or attributions that overflowed) gives that sample an all-zero mask — its gradient is
+    left unchanged under ``rule="scale"`` — and is counted in ``samples_degenerate``.
 
     Attributes:
         last_mask: (B, 1 or C, H, W) mask of the last masked step (zeros for unexplained samples), or None.
@@ -207,7 +210,10 @@ class XAIGradientMask(Callback):
             if len(images) == 0:
                 self._record(_empty_mask(fake, explained), explained, 0.0)
                 return None
-        result = to_mask(attribute(discriminator, images, self.method, **self.explainer_options), **self.mask_options)
+        # attribute() refuses non-finite fakes; non-finite attributions of finite fakes are counted as
+        # degenerate (zero mask) instead of checked, which would cost a second device sync per step.
+        attributions = attribute(discriminator, images, self.method, **self.explainer_options)
+        result = to_mask(attributions, nonfinite="flag", **self.mask_options)
         if self.only_rejected:
             result = scatter_mask(result, explained)
         self._record(result, explained, time.perf_counter() - started)

@@ -322,6 +322,9 @@ def test_non_finite_batches_are_errors_not_zero_masks():
         ValueError, match=r"attribute\(\): the images contain NaN or Inf in 1 of 4 samples \(first: sample 2\)"
     ):
         attribute(d, images, "saliency")
+    fake = images.clone().requires_grad_()
+    with pytest.raises(ValueError, match=r"the images contain NaN or Inf in 1 of 4 samples"):
+        XAIGradientMask("saliency").on_generator_forward(TrainState(Accelerator(cpu=True)), fake, d(fake), d)
     attributions = torch.rand(4, 1, 4, 4)
     attributions[1, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"to_mask\(\): the attributions contain NaN or Inf in 1 of 4 samples"):
