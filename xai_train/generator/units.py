@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from einops import rearrange
@@ -231,6 +231,7 @@ def generate(
     layer: str | None = None,
     edit: UnitEdit | None = None,
     batch_size: int = 256,
+    edits: Mapping[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Images (and the layer's units) of many latents, in chunks, in eval mode, with an optional edit.
 
@@ -240,6 +241,8 @@ def generate(
         layer: the layer whose (edited) output is returned too; ``None`` returns no activations.
         edit: an edit of ``layer``'s units; a (B, K) edit must have B = N.
         batch_size: latents per forward pass.
+        edits: fixed unit scales ``{layer: (K,)}`` applied in every pass (e.g. a correction found earlier),
+            before ``edit`` and the recording.
 
     Returns:
         ``(images (N, C, H, W), activations (N, K, h, w) or None)`` on the CPU.
@@ -253,8 +256,9 @@ def generate(
     """
     if edit is not None and layer is None:
         raise ValueError("generate: an edit needs the layer it applies to")
-    if layer is not None:
-        find_layer(generator, layer)
+    for name in [layer, *(edits or {})]:
+        if name is not None:
+            find_layer(generator, name)
     parameter = next(generator.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     was_training = generator.training
@@ -270,7 +274,11 @@ def generate(
                     None if edit.value is None else edit.value[rows],
                     None if edit.insert is None else edit.insert[rows],
                 )
-            with edit_units(generator, layer, chunk_edit), recording(generator, [layer] if layer else []) as seen:
+            with contextlib.ExitStack() as stack:
+                for fixed_layer, scale in (edits or {}).items():
+                    stack.enter_context(edit_units(generator, fixed_layer, UnitEdit(scale)))
+                stack.enter_context(edit_units(generator, layer, chunk_edit))
+                seen = stack.enter_context(recording(generator, [layer] if layer else []))
                 images.append(generator(latents[rows].to(device)).float().cpu())
             if layer is not None:
                 units.append(seen[layer].float().cpu())
