@@ -64,8 +64,8 @@ def suppression_scale(num_units: int, units: Sequence[int], strength: float = 1.
     """(K,) ones, with ``1 − strength`` at ``units``.
 
     Example:
-        >>> suppression_scale(4, [2], 0.8).tolist()
-        [1.0, 1.0, 0.19999998807907104, 1.0]
+        >>> suppression_scale(4, [2], 0.75).tolist()
+        [1.0, 1.0, 0.25, 1.0]
     """
     if not 0 <= strength <= 1:
         raise ValueError(f"suppression strength must lie in [0, 1], got {strength}")
