@@ -1,0 +1,224 @@
+"""Explain a GAN's discriminator (or a classifier) with the CAM suite and score every explanation.
+
+    python recipes/explain.py runs/demo --methods all
+    python recipes/explain.py runs/demo_shapes --methods gradcam,gradcampp,layercam,scorecam,randomcam
+    python recipes/explain.py runs/demo --checkpoint step_800 --num-images 16 --removal road
+    python recipes/explain.py --classifier digits --methods all           # the project's digits classifier
+    python recipes/explain.py --classifier parts_shapes                    # trained once on parts_shapes, cached
+    python recipes/explain.py --classifier my_model.pt --data shapes       # a TorchScript classifier (or .safetensors)
+
+A GAN run: D and G are rebuilt from <run>/config.yaml and loaded from a checkpoint (default: the latest); the
+real images come from the run's dataset (with ground-truth masks for shapes), the fakes from G. A classifier:
+``digits``/``shapes``/``parts_shapes`` (the project's FeatureClassifier, trained once and cached), a TorchScript
+file, or a safetensors file of a FeatureClassifier; each image's predicted class is explained.
+
+Writes <out> (default <run>/explain/, or runs/explain_<classifier>/explain/): grid.png (rows: the images, then
+one row per method; columns: real images, then fakes), metrics.md and metrics.csv (metric x method, on the real
+images), timings.json, and TensorBoard scalars and the grid in <out>/tensorboard.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads OpenMP (see xai_train/threads.py)
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from tqdm import tqdm
+
+from xai_train.checkpoint import CheckpointError
+from xai_train.cli import run_main
+from xai_train.config import ConfigError, load_config
+from xai_train.config.gan import GANExperiment
+from xai_train.data import build_dataset
+from xai_train.explain.report import (
+    bound_explainer,
+    check_report_methods,
+    forward_backward_seconds,
+    layer_name,
+    method_grid,
+    save_labelled_grid,
+    score_method,
+    timed,
+    write_table,
+)
+from xai_train.metrics.classifier import FeatureClassifier
+from xai_train.metrics.extractor import domain_feature_extractor
+from xai_train.models import build_gan
+from xai_train.threads import configure_threads
+
+BUILT_IN_CLASSIFIERS = ("digits", "shapes", "parts_shapes")
+
+
+def latest_checkpoint(run_dir: Path, name: str) -> Path:
+    """``latest`` or ``step_<N>`` -> the checkpoint folder holding model.safetensors (G) and model_1 (D)."""
+    folders = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    folder = folders[-1] if name == "latest" and folders else run_dir / "checkpoints" / name
+    if not (folder / "model_1.safetensors").is_file():
+        raise CheckpointError(
+            f"no readable GAN checkpoint at '{folder}' (model_1.safetensors missing); choose latest or one of: "
+            f"{[p.name for p in folders] or 'none: the run has no checkpoints'}"
+        )
+    return folder
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Loads a safetensors state dict into ``model``; an unreadable or mismatched file is a CheckpointError."""
+    try:
+        model.load_state_dict(load_file(path))
+    except (SafetensorError, RuntimeError, OSError) as err:
+        raise CheckpointError(f"cannot load '{path}' into {type(model).__name__}: {err}") from err
+    return model.eval()
+
+
+def load_gan_run(run_dir: Path, checkpoint: str, num_images: int, seed: int) -> tuple[nn.Module, dict]:
+    """D, real images (and masks) from the run's dataset, and fakes from G."""
+    config = load_config(GANExperiment, run_dir / "config.yaml")
+    data, model = config.data, config.model
+    generator, discriminator = build_gan(
+        model.arch,
+        image_size=data.image_size,
+        channels=data.channels,
+        latent_dim=model.latent_dim,
+        g_width=model.g_width,
+        d_width=model.d_width,
+        g_norm=model.g_norm,
+        d_norm=model.d_norm,
+        dropout=model.dropout,
+    )
+    folder = latest_checkpoint(run_dir, checkpoint)
+    load_weights(generator, folder / "model.safetensors")
+    load_weights(discriminator, folder / "model_1.safetensors")
+    dataset = build_dataset(**data.dataset_kwargs(config.run.seed)).sample(num_images, seed)
+    with torch.no_grad():
+        latents = torch.randn(num_images, model.latent_dim, generator=torch.Generator().manual_seed(seed))
+        fake = generator(latents)
+    return discriminator, {"real": dataset.images, "fake": fake, "masks": dataset.masks, "name": folder.name}
+
+
+def load_classifier(source: str, data_name: str | None, num_images: int, seed: int) -> tuple[nn.Module, dict]:
+    """A built-in, TorchScript or safetensors classifier, and images of ``data_name`` to explain."""
+    data_name = data_name or (source if source in BUILT_IN_CLASSIFIERS else "digits")
+    dataset = build_dataset(data_name, image_size=32, channels=1, num_samples=2000, seed=seed).sample(num_images, seed)
+    if source in BUILT_IN_CLASSIFIERS:
+        model = domain_feature_extractor(source, image_size=32, channels=1).classifier
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"--classifier {source!r}: not one of {BUILT_IN_CLASSIFIERS} and not a file")
+        if path.suffix == ".safetensors":
+            state = load_file(path) if path.stat().st_size else {}
+            if "head.weight" not in state or "stages.0.0.weight" not in state:
+                raise CheckpointError(f"'{path}' is not a FeatureClassifier state dict (no stages.0.0 / head weights)")
+            width, channels = state["stages.0.0.weight"].shape[:2]
+            classes, features = state["head.weight"].shape
+            model = load_weights(FeatureClassifier(channels, classes, width, features), path)
+        else:
+            try:
+                model = torch.jit.load(str(path), map_location="cpu").eval()
+            except RuntimeError as err:
+                raise CheckpointError(f"cannot read '{path}' as a TorchScript model: {err}") from err
+    return model, {"real": dataset.images, "fake": None, "masks": dataset.masks, "name": data_name}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, nargs="?", help="a GAN run directory, e.g. runs/demo")
+    parser.add_argument("--classifier", help="digits | shapes | parts_shapes | a .pt (TorchScript) or .safetensors")
+    parser.add_argument("--data", help="images for a classifier: digits | shapes | parts_shapes (default: its own)")
+    parser.add_argument("--methods", default="all", help="'all' or comma-separated names, e.g. gradcam,layercam")
+    parser.add_argument("--checkpoint", default="latest", help="'latest' or step_<N> (GAN runs)")
+    parser.add_argument("--layer", help="module name of the CAM layer (default: D.feature_layer / last spatial conv)")
+    parser.add_argument("--num-images", type=int, default=32, help="real images scored (and fakes shown)")
+    parser.add_argument("--grid-images", type=int, default=8, help="real (and fake) columns in grid.png")
+    parser.add_argument("--removal", default="blur", help="deletion/insertion removal: constant | blur | road")
+    parser.add_argument(
+        "--score", default="auto", help="deletion/insertion track: probability | logit | auto (D: logit)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/explain)")
+    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
+    args = parser.parse_args(argv)
+    configure_threads(args.threads)
+    if (args.run_dir is None) == (args.classifier is None):
+        raise ConfigError("give a GAN run directory or --classifier (exactly one of them)")
+    if args.run_dir is not None and not (args.run_dir / "config.yaml").is_file():
+        raise ConfigError(f"'{args.run_dir}' is not a run directory (no config.yaml); e.g. runs/demo")
+    if args.num_images < 2 or not 1 <= args.grid_images <= args.num_images:
+        raise ConfigError(
+            f"--num-images must be >= 2 and --grid-images in [1, --num-images], got {args.num_images}, "
+            f"{args.grid_images}"
+        )
+    if args.removal not in ("constant", "blur", "road"):
+        raise ConfigError(f"--removal {args.removal!r}: choose constant, blur or road")
+    if args.score not in ("auto", "probability", "logit"):
+        raise ConfigError(f"--score {args.score!r}: choose auto, probability or logit")
+
+    # 1. The model and the images.
+    if args.run_dir is not None:
+        model, batch = load_gan_run(args.run_dir, args.checkpoint, args.num_images, args.seed)
+        out = args.out or args.run_dir / "explain"
+    else:
+        model, batch = load_classifier(args.classifier, args.data, args.num_images, args.seed)
+        out = args.out or Path("runs") / f"explain_{Path(args.classifier).stem}" / "explain"
+    real = batch["real"]
+    with torch.no_grad():
+        single_logit = model(real[:2]).reshape(2, -1).shape[1] == 1
+    try:
+        methods = check_report_methods(args.methods.split(","), single_logit)
+        layer = layer_name(model, real, args.layer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    # A trained D's sigmoid saturates (real images can sit at 0.05): its logit separates the curves better.
+    score = args.score if args.score != "auto" else ("logit" if single_logit else "probability")
+    unit = forward_backward_seconds(model, real)
+
+    # 2. Explain and score, one method at a time.
+    shown = (
+        real[: args.grid_images]
+        if batch["fake"] is None
+        else torch.cat([real[: args.grid_images], batch["fake"][: args.grid_images]])
+    )
+    rows, grid_maps, timings = {}, {}, {}
+    for method in tqdm(methods, desc="explain", unit="method"):
+        explain = bound_explainer(method, layer)
+        maps, seconds = timed(explain, model, real)
+        grid_maps[method] = explain(model, shown)
+        timings[method] = {"seconds": seconds, "x_fwd_bwd": seconds / unit}
+        scores = score_method(
+            model, real, maps, explain, masks=batch["masks"], removal=args.removal, score=score, seed=args.seed
+        )
+        rows[method] = {"ms": 1000 * seconds, "x_fwd_bwd": seconds / unit, **scores}
+
+    # 3. Write the grid, the table, the timings and TensorBoard.
+    out.mkdir(parents=True, exist_ok=True)
+    grid = method_grid(shown, grid_maps)
+    columns = ["real"] * min(args.grid_images, len(real)) + ["fake"] * (len(shown) - min(args.grid_images, len(real)))
+    save_labelled_grid(grid, out / "grid.png", ["image", *methods], columns, real.shape[-1])
+    source = str(args.run_dir or args.classifier)
+    write_table(
+        rows,
+        out,
+        f"{source} ({batch['name']}, {len(real)} real images, layer {layer}, removal {args.removal}, score {score})",
+    )
+    (out / "timings.json").write_text(json.dumps({"fwd_bwd_seconds": unit, "methods": timings}, indent=2))
+    from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
+
+    with SummaryWriter(log_dir=str(out / "tensorboard")) as writer:
+        for method, row in rows.items():
+            for metric, value in row.items():
+                writer.add_scalar(f"explain/{metric}/{method}", value, 0)
+        writer.add_image("explain/grid", grid, 0)
+    print(f"{len(methods)} methods on {len(real)} images (layer {layer}) -> {out}")
+    return out
+
+
+if __name__ == "__main__":
+    run_main(main, user_errors=(FileNotFoundError,))  # one "error: ..." line, exit code 2 (--debug: traceback)
