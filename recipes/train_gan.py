@@ -57,7 +57,10 @@ def build_xai_callbacks(config: GANExperiment, dataset: ImageDataset) -> list:
     options = kwargs["explainer_options"]
     if xai.method in SHAP_METHODS and "baselines" not in options:
         pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.run.seed))
-        options["baselines"] = dataset.images[pick[: xai.reference_baselines]]
+        # The reference code explains against its first real batch (128 images in the paper); its preset uses a
+        # real batch of the same size (a seeded draw, not the identical images), every other run reference_baselines.
+        count = config.train.batch_size if xai.preset == "reference" else xai.reference_baselines
+        options["baselines"] = dataset.images[pick[:count]]
     mask = XAIGradientMask(**kwargs)
     callbacks = [mask]
     if xai.log_every > 0:
