@@ -1,8 +1,9 @@
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.training_utils import compute_snr
 
-from xai_train.diffusion.noise import add_noise, split_prediction, training_target
+from xai_train.diffusion.noise import add_noise, snr_loss_weight, split_prediction, training_target
 
 
 @pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
@@ -71,3 +72,35 @@ def test_velocity_target_matches_diffusers():
 def test_unknown_prediction_type_names_the_choices():
     with pytest.raises(ValueError, match="epsilon, v_prediction, sample"):
         training_target(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.tensor([0]), torch.ones(3), "eps")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_snr_weighting_puts_every_prediction_type_in_epsilon_units(prediction_type):
+    """weight · (output − target)² = (ε̂ − ε)² per pixel, for any wrong output (the identity "snr" promises)."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    generator = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(4, 1, 4, 4, generator=generator), torch.randn(4, 1, 4, 4, generator=generator)
+    output = torch.randn(4, 1, 4, 4, generator=generator)
+    t = torch.tensor([20, 100, 500, 990])  # (at t < 20 float32 loses digits in (x_t − a·x̂0)/σ)
+    alphas = scheduler.alphas_cumprod
+    x_t = add_noise(clean, noise, t, alphas)
+    target = training_target(clean, noise, t, alphas, prediction_type)
+    _, noise_hat = split_prediction(output, x_t, t, alphas, prediction_type)
+    weight = snr_loss_weight(compute_snr(scheduler, t), prediction_type, "snr").view(-1, 1, 1, 1)
+    torch.testing.assert_close(weight * (output - target) ** 2, (noise_hat - noise) ** 2, rtol=1e-3, atol=1e-5)
+
+
+def test_min_snr_and_none_weights_by_hand():
+    snr = torch.tensor([0.5, 1.0, 10.0])
+    gamma = 5.0
+    expected = {  # Min-SNR-γ in ε units: min(snr, γ)/snr · (ε-unit factor of the prediction type)
+        "epsilon": [1.0, 1.0, 0.5],
+        "sample": [0.5, 1.0, 5.0],  # min(snr, γ)
+        "v_prediction": [0.5 / 1.5, 1.0 / 2.0, 5.0 / 11.0],  # min(snr, γ)/(snr + 1)
+    }
+    for prediction_type, values in expected.items():
+        got = snr_loss_weight(snr, prediction_type, "min_snr", gamma)
+        torch.testing.assert_close(got, torch.tensor(values))
+        assert torch.equal(snr_loss_weight(snr, prediction_type, "none"), torch.ones(3))
+    with pytest.raises(ValueError, match="unknown loss weighting 'p2'; choose one of: none, snr, min_snr"):
+        snr_loss_weight(snr, "epsilon", "p2")

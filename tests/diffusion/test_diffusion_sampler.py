@@ -84,3 +84,38 @@ def test_importance_sampler_recomputes_the_map_every_step(unet, map_source):
     assert calls == ([0] * 4 if map_source == "x0" else scheduler.timesteps.tolist())
     assert out.images.shape == (2, 1, 8, 8) and torch.isfinite(out.images).all()
     assert float(out.noise_scale.max()) <= 1.0
+
+
+def test_importance_sampler_with_a_changing_map_equals_a_hand_written_loop(unet):
+    """The map of x̂0 changes at every step; each step must use g_t and g_r of the map of that step."""
+    steps, size = 4, (2, 1, 8, 8)
+    scheduler = DDIMScheduler(num_train_timesteps=100, clip_sample=False)
+    maps = []
+
+    def importance_fn(images, timesteps):
+        maps.append(torch.sigmoid(3 * images[:, :1]))
+        return maps[-1]
+
+    out = importance_ddim_sample(
+        unet, scheduler, importance_fn, NoiseScaleSchedule(100), 2, steps, torch.Generator().manual_seed(0)
+    )
+    assert len(maps) == steps and all(float((a - b).abs().max()) > 1e-3 for a, b in zip(maps, maps[1:], strict=False))
+    assert out.clamped_fraction == 0.0  # so the loop below needs no clamping
+
+    def g(s, t):  # DESIGN.md §5 b with the schedule's defaults: k = 20, t_Φ = 0.5, λ from 0.25 to 4
+        tau = torch.sigmoid(torch.tensor(20 * (t / 100 - 0.5)))
+        lam = 0.25 * 16 ** (t / 100)
+        return 1 / ((1 - tau) * torch.sqrt(1 + s / lam) + tau)
+
+    alpha_bar = scheduler.alphas_cumprod
+    x = torch.randn(size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in (75, 50, 25, 0):  # DDIM's 4 of 100 steps
+            r = t - 25
+            a_t, a_r = alpha_bar[t], (alpha_bar[r] if r >= 0 else torch.tensor(1.0))
+            eps_hat = unet(x, torch.full((2,), t)).sample
+            x0_hat = (x - (1 - a_t).sqrt() * eps_hat) / a_t.sqrt()
+            s = torch.sigmoid(3 * x0_hat.clamp(-1, 1))
+            x = a_r.sqrt() * x0_hat + (1 - a_r).sqrt() * g(s, max(r, 0)) * eps_hat / g(s, t)
+    torch.testing.assert_close(out.images, x, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.importance, maps[-1])

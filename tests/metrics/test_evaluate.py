@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance  # the dev extra installs it: this test always runs
 
 from xai_train.metrics import (
     ClassifierFeatures,
@@ -57,9 +58,8 @@ def test_tagged_scalars_carry_the_extractor():
 
 
 def test_fd_agrees_with_torchmetrics_using_our_extractor(extractor):
-    fid_module = pytest.importorskip("torchmetrics.image.fid")  # optional: not a project dependency
     real, fake = images(3, 200), images(4, 200) * 0.7
-    reference = fid_module.FrechetInceptionDistance(feature=extractor, normalize=True)
+    reference = FrechetInceptionDistance(feature=extractor, normalize=True)
     reference.update(real, real=True)
     reference.update(fake, real=False)
     ours = evaluate_images(real, fake, extractor, metrics=("fd",))["fd"]

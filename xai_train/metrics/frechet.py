@@ -7,12 +7,20 @@ The Fréchet distance (FD) between Gaussians ``N(mu1, S1)`` and ``N(mu2, S2)`` i
 With Inception-v3 pool features this is the FID; with any other extractor it is an FD *of that extractor*:
 numbers from different extractors are not comparable, so callers always report the extractor's name.
 
-Why not ``scipy.linalg.sqrtm`` (the pytorch-fid path) or ``torchmetrics``' FID: ``tr((S1 S2)^½)`` only needs
-the eigenvalues of ``S1 S2``, which equal those of the symmetric PSD matrix ``S1^½ S2 S1^½``. Two ``eigh``
-calls (one for ``S1^½``, one for the product) stay real, in float64, on any device, and are robust when a
-covariance is singular (fewer samples than features, or dead ReLU features) — cases where ``sqrtm`` returns
-complex noise and pytorch-fid adds an ``eps`` offset. The streaming state (sums and sums of outer products)
-lives in :mod:`xai_train.metrics.accumulator` so that it can be reduced across ranks.
+Why the project computes it itself:
+
+* Dependencies. pytorch-fid and torch-fidelity pull torchvision, which cannot sit next to the CPU torch
+  here; torchmetrics' ``FrechetInceptionDistance`` builds its default Inception through torch-fidelity, and
+  torchmetrics is only a test dependency (``tests/metrics/test_evaluate.py`` checks that both agree).
+* One streaming pass for every metric. The state (sums and sums of outer products) lives in
+  :mod:`xai_train.metrics.accumulator`, is reduced across ranks with Accelerate, and feeds FD, KID and
+  precision/recall of any named extractor from the same features.
+* Numerics. ``tr((S1 S2)^½)`` only needs the eigenvalues of ``S1 S2``. pytorch-fid takes
+  ``scipy.linalg.sqrtm(S1 S2)``, which returns complex noise when a covariance is singular (fewer samples
+  than features, dead ReLU features) and is patched with an ``eps`` offset; torchmetrics takes
+  ``torch.linalg.eigvals(S1 S2)`` of the non-symmetric product (a general complex eigensolver) and keeps the
+  real parts of their square roots. Here the same spectrum comes from the symmetric PSD matrix
+  ``S1^½ S2 S1^½``: two ``eigh`` calls, real, in float64, clamped at 0.
 
 Bias: the plug-in FD is biased upward, roughly by ``tr(S)/n`` terms; on fewer than ~5k samples it is
 noticeably inflated and depends on ``n``. Compare FDs only at equal sample counts and report KID
