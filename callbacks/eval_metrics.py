@@ -40,6 +40,7 @@ from accelerate.utils import broadcast
 from torch import Tensor
 
 from xai_train import Callback, TrainState
+from xai_train.atomic import append_line, atomic_write
 from xai_train.ema import ema_weights
 from xai_train.metrics import (
     METRICS,
@@ -276,9 +277,7 @@ class EvalMetrics(Callback):
         return agreed
 
     def _write(self, run_dir: Path, record: Mapping[str, Any], improved: bool) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(run_dir / "metrics.jsonl", json.dumps(record))  # whole records only, even after a kill
         if improved:
             best = {
                 "step": self.best_step,
@@ -286,7 +285,7 @@ class EvalMetrics(Callback):
                 "value": self.best_value,
                 "metrics": record,
             }
-            (run_dir / "best.json").write_text(json.dumps(best, indent=2))
+            atomic_write(run_dir / "best.json", json.dumps(best, indent=2))
 
     # --- checkpoint state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
+from xai_train.atomic import atomic_path
+
 
 def to_unit_range(images: Tensor) -> Tensor:
     """Maps images from [-1, 1] to [0, 1] (clamped), as float32 on the CPU."""
@@ -55,9 +57,8 @@ def save_png(image: Tensor, path: str | Path) -> Path:
         pil = Image.fromarray(rearrange(array, "c h w -> h w c").numpy())  # -> "RGB"
     else:
         raise ValueError(f"save_png needs 1 or 3 channels, got {array.shape[0]}")
-    tmp = path.with_name(path.name + ".tmp")
-    pil.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format="PNG")
     return path
 
 

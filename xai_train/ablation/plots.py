@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from xai_train.ablation.results import CellResult
+from xai_train.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -109,5 +110,6 @@ def plot_curves(
         figure.suptitle(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or None)
     return path

@@ -18,6 +18,7 @@ from xai_train.ablation.plots import arm_curves, plot_curves
 from xai_train.ablation.results import ArmResult, aggregate, cell_row, collect_cells, quantities
 from xai_train.ablation.spec import AblationSpec, format_value
 from xai_train.ablation.stats import Summary, format_mean_std, format_relative
+from xai_train.atomic import atomic_path, atomic_write
 from xai_train.benchmarks.timing import markdown_table
 
 LABELS = {"fd": "FD", "kid": "KID", "precision": "precision", "recall": "recall"}
@@ -63,7 +64,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     for row in rows:
         columns += [key for key in row if key not in columns]
     path = Path(path)
-    with open(path, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -213,7 +214,7 @@ def write_report(spec: AblationSpec, ablation_dir: str | Path, *, command: str =
         plots.append(path.name)
         written.append(path)
     text = markdown_report(spec, results, rows, metrics, plots, command)
-    (ablation_dir / "results.md").write_text(text)
+    atomic_write(ablation_dir / "results.md", text)
     written.append(ablation_dir / "results.md")
     written.append(write_hparams(rows, {arm.name: arm.overrides for arm in spec.arms}, ablation_dir / "hparams"))
     return written

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xai_train.ablation.spec import AblationSpec, Cell, format_value
+from xai_train.atomic import atomic_write
 
 FINISHED, PARTIAL, NEW = "finished", "partial", "new"
 CHANGED_WARNING = "WARNING: it ran with other settings, see its command.txt; a changed ablation needs --output-dir"
@@ -220,7 +221,7 @@ def run_one(
 ) -> CellOutcome:
     """Runs one cell's command with its output appended to ``directory/log.txt``."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "command.txt").write_text(shlex.join(command) + "\n")
+    atomic_write(directory / "command.txt", shlex.join(command) + "\n")
     log = directory / "log.txt"
     start = time.perf_counter()
     with open(log, "a") as handle:
