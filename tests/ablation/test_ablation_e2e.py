@@ -45,7 +45,8 @@ def test_tiny_ablation_end_to_end(tmp_path):
     out = tmp_path / "ablation"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "recipes/ablate.py", str(config), "--output-dir", str(out)]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[cell 4/4] arm=grad seed=1: done" in done.stdout
 
@@ -57,5 +58,6 @@ def test_tiny_ablation_end_to_end(tmp_path):
     assert (out / "fd_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "vanilla" / "seed_1" / "log.txt").is_file()
 
-    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 4
