@@ -152,7 +152,8 @@ class SelfRefiningDiffusion(Callback):
             self.highlighter = highlighter or build_highlighter(size, channels, highlighter_width, seed=seed)
         self.highlighter_ready = pretrained_highlighter or fam_source == "discriminator"
         self.online: OnlineHighlighter | None = None
-        self.buffer = ReplayBuffer(buffer_capacity, fam_cycle) if highlighter_training == "online" else None
+        online = highlighter_training == "online" and self.highlighter is not None
+        self.buffer = ReplayBuffer(buffer_capacity, fam_cycle) if online else None
         self.buffer_rng = torch.Generator().manual_seed(derive_seed(seed, "srd_buffer"))
         self.attention: FamAttention | None = None
         self.projection_optimizer: torch.optim.Optimizer | None = None
@@ -203,7 +204,7 @@ class SelfRefiningDiffusion(Callback):
             self._train_highlighter(state)
         if self.fam_reduce == "batch_mean":
             if self.refresh_due(step) and self.refreshed_at != step:
-                self._refresh(state)
+                self.refresh_fam(state)
             fam = self.fam
         else:
             fam = self._per_sample_maps(state, clean, plan)
@@ -302,8 +303,11 @@ class SelfRefiningDiffusion(Callback):
                 f"(epoch {report.best_epoch})"
             )
 
-    def _refresh(self, state: TrainState) -> None:
-        """A new batch-mean FAM: this rank's EMA samples → per-sample maps → mean, all-reduced over ranks."""
+    def refresh_fam(self, state: TrainState) -> None:
+        """A new batch-mean FAM now: this rank's EMA samples → per-sample maps → mean, all-reduced over ranks.
+
+        Called by ``on_diffusion_noise`` when due; public so that a benchmark can time one refresh.
+        """
         started, acc = time.perf_counter(), state.accelerator
         samples = self._samples(state, self.num_samples, "srd_fam")
         fam = batch_mean_fam(self._maps(self._explained_model(state), samples))

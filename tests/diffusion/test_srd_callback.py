@@ -12,6 +12,7 @@ from xai_train import Callback
 from xai_train.callback import NoisePlan, TrainState
 from xai_train.config.diffusion import DiffusionTrainConfig
 from xai_train.data import derive_seed
+from xai_train.diffusion import TimeConditionedDiscriminator, TimestepBound
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
 from xai_train.diffusion.self_refine import batch_mean_fam, build_highlighter, fam_noise_scale, flaw_maps
 from xai_train.trainers.diffusion import DiffusionTrainer
@@ -228,3 +229,25 @@ def test_export_is_a_plain_ddpm_pipeline_equal_to_the_ema_unet(tmp_path):
     t.ema.copy_to(ema_unet.parameters())
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x, steps).sample, ema_unet(x, steps).sample)
+
+
+def test_discriminator_source_and_protect_direction():
+    """fam_source='discriminator': D(x, t=0) explains the samples (no FH); 'protect' lowers the noise on flaws."""
+    torch.manual_seed(0)
+    discriminator = TimeConditionedDiscriminator(1, (8, 16), groups=0)
+    samples = FixedSamples()
+    callback = SelfRefiningDiffusion(
+        samples, IMAGES, first_process=0, fam_source="discriminator", direction="protect", noise_weight=0.5,
+        num_samples=5,
+    )  # fmt: skip
+    assert callback.highlighter is None
+    state = TrainState(Accelerator(cpu=True), models={"unet": unet(), "discriminator": discriminator})
+    callback.on_train_start(state)
+    clean = torch.zeros(4, 1, 16, 16)
+    plan = callback.on_diffusion_noise(state, clean, NoisePlan(torch.randn(4, 1, 16, 16), torch.zeros(4).long()))
+    generator = torch.Generator().manual_seed(derive_seed(0, "srd_fam", 0, 0))
+    images = (torch.rand(5, 1, 16, 16, generator=generator) * 2 - 1).clamp(-1, 1)
+    expected = batch_mean_fam(flaw_maps(TimestepBound(discriminator, torch.tensor(0)), images))
+    assert torch.equal(callback.fam, expected)
+    assert torch.equal(plan.noise_scale, 1 - 0.5 * expected)
+    assert float(plan.noise_scale.min()) >= 0.5
