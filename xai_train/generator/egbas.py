@@ -168,7 +168,7 @@ def edge_distance(
 
     Example:
         >>> ball = lambda z: z.norm(dim=1) < 1  # the unit ball: the edge from 0 is at 1
-        >>> edge_distance(ball, torch.zeros(2, 3), torch.eye(3)[:2], radius=4.0).tolist()
+        >>> edge_distance(ball, torch.zeros(2, 3), torch.eye(3)[:2], radius=4.0).round(decimals=6).tolist()
         [1.0, 1.0]
     """
     low = torch.zeros(len(start))
