@@ -41,6 +41,7 @@ from torch import Tensor
 
 from xai_train import Callback, TrainState
 from xai_train.atomic import append_line, atomic_write
+from xai_train.config.common import EvalConfig
 from xai_train.ema import ema_weights
 from xai_train.metrics import (
     METRICS,
@@ -55,6 +56,7 @@ SampleFn = Callable[[int, torch.Generator], Tensor]
 """``sample_fn(n, generator) -> (n, C, H, W)`` images in [-1, 1], noise drawn from the CPU ``generator``."""
 
 HIGHER_IS_BETTER = ("precision", "recall")
+DEFAULTS = EvalConfig()  # one source of truth: the recipes' ``eval`` section and this callback agree
 
 
 def _share(count: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -63,7 +65,7 @@ def _share(count: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 class EvalMetrics(Callback):
-    """Periodic sample-quality metrics with best-step tracking.
+    """Periodic sample-quality metrics with best-step tracking (defaults: ``xai_train.config.common.EvalConfig``).
 
     Args:
         dataset: a dataset name (``"digits"``, ``"shapes"``, ...): the default real set and the default
@@ -102,12 +104,12 @@ class EvalMetrics(Callback):
         extractor: FeatureExtractor | None = None,
         image_size: int = 32,
         channels: int = 1,
-        every_n_steps: int = 1000,
-        num_samples: int = 2048,
-        metrics: Iterable[str] = ("fd", "kid"),
-        monitor: str = "fd",
+        every_n_steps: int = DEFAULTS.every_n_steps,
+        num_samples: int = DEFAULTS.num_samples,
+        metrics: Iterable[str] = DEFAULTS.metrics,
+        monitor: str = DEFAULTS.monitor,
         sample_fn: SampleFn | None = None,
-        batch_size: int = 256,
+        batch_size: int = DEFAULTS.batch_size,
         seed: int = 0,
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,

@@ -169,7 +169,7 @@ class ImportanceNoiseSchedule(Callback):
         return plan.replace(timesteps=timesteps, timestep_weight=weight)
 
     def on_diffusion_noised(self, state: TrainState, clean: Tensor, plan: NoisePlan) -> None:
-        """"timesteps" mode: every ``update_every`` steps, scores the levels of this batch from its x_t."""
+        """In "timesteps" mode, every ``update_every`` steps: scores the levels of this batch from its x_t."""
         if self.mode != "timesteps" or state.step % self.update_every or state.step == self._updated_step:
             return None
         self._updated_step = state.step
