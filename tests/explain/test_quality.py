@@ -279,3 +279,17 @@ def test_roar_gradcam_removal_hurts_more_than_random_removal():
     # The top 20% of the pixels (51 of 256) cover the 16-pixel square: without it the labels are unlearnable
     # (measured 0.52); 20% random pixels leave most of every square (measured 0.99).
     assert result.accuracy[0] < 0.7 and result.random_accuracy[0] > 0.9
+
+
+def test_metrics_leave_a_train_mode_batchnorm_d_exactly_as_it_was(conv_d, images):
+    assert conv_d.training
+    before = copy.deepcopy(conv_d.state_dict())
+    maps = cam(conv_d, images, "layercam")
+    perturbation_metrics(conv_d, images, maps, steps=4)
+    explanation_infidelity(conv_d, images, lambda x: cam(conv_d, x, "layercam").expand(-1, 2, -1, -1))
+    explanation_sensitivity(images, lambda x: cam(conv_d, x, "layercam"), n_perturb_samples=2)
+    cascading_randomisation(conv_d, images, gradcam_of)
+    assert conv_d.training and all(m.training for m in conv_d.modules())
+    assert all(p.requires_grad for p in conv_d.parameters())
+    for key, value in before.items():
+        assert torch.equal(value, conv_d.state_dict()[key]), key  # BatchNorm running statistics included

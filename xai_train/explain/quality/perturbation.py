@@ -23,6 +23,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from xai_train.explain.base import explaining
 from xai_train.explain.cams.base import target_scores
 from xai_train.explain.quality.removal import Removal, build_removal, pixel_ranks
 
@@ -109,8 +110,8 @@ def perturbation_metrics(
 ) -> dict[str, Tensor]:
     """Deletion AUC, insertion AUC and AOPC-MoRF of ``maps``, and the same for a random pixel order.
 
-    The model is only called (under ``torch.no_grad``); put it in eval mode first (BatchNorm in train mode
-    would mix the perturbed copies' statistics).
+    The model is only called, in eval mode (``xai_train.explain.explaining``: BatchNorm uses its running
+    statistics, so the perturbed copies do not mix, and every flag and buffer is restored afterwards).
 
     Args:
         model: images -> (B,), (B, 1) or (B, C) outputs.
@@ -140,6 +141,22 @@ def perturbation_metrics(
         raise ValueError(f"steps must be >= 1, got {steps}")
     remove = build_removal(removal) if isinstance(removal, str) else removal
     images = images.detach()
+    with explaining(model):  # eval mode for the call, BatchNorm statistics and flags restored afterwards
+        return scored_orders(model, images, maps, remove, target, steps, score, seed, batch_size)
+
+
+def scored_orders(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    remove: Removal,
+    target: int | Tensor | None,
+    steps: int,
+    score: str,
+    seed: int,
+    batch_size: int,
+) -> dict[str, Tensor]:
+    """The body of :func:`perturbation_metrics` (the model already in the state ``explaining`` sets)."""
     index = explained_target(model, images, target)
     generator = torch.Generator().manual_seed(seed + 1)
     random_maps = torch.rand(maps.shape[0], 1, *maps.shape[-2:], generator=generator).to(images.device)

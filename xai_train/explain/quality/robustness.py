@@ -9,7 +9,8 @@
 * **max-sensitivity** (same paper): the largest change of the explanation (Frobenius norm) within an
   L∞ ball of radius ``radius``; *lower* is better (a stable explanation).
 
-Both call the model only; the explainer keeps its guarantees (``attribute`` leaves D untouched).
+Both call the model only, in eval mode with every flag and buffer restored (``explaining``); the explainer
+keeps its own guarantees (``attribute`` leaves D untouched).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from captum.metrics import infidelity, sensitivity_max
 from torch import Tensor, nn
 
+from xai_train.explain.base import explaining
 from xai_train.explain.cams.base import target_scores
 
 MapFn = Callable[[Tensor], Tensor]
@@ -62,7 +64,8 @@ def explanation_infidelity(
             f"infidelity needs attributions shaped like the images {tuple(images.shape)}, got "
             f"{tuple(attributions.shape)} (repeat a (B, 1, H, W) map over the channels first)"
         )
-    index = class_index(model, images, target)
+    with explaining(model):
+        index = class_index(model, images, target)
     generator = torch.Generator().manual_seed(seed)
 
     def perturb(inputs: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,7 +75,7 @@ def explanation_infidelity(
     def forward(inputs: Tensor, rows: Tensor) -> Tensor:
         return target_scores(model(inputs), rows)
 
-    with torch.no_grad():
+    with explaining(model), torch.no_grad():
         return infidelity(
             forward,
             perturb,
