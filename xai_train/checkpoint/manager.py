@@ -1,149 +1,39 @@
-"""Crash-safe, prunable checkpoints around ``accelerator.save_state``, and a resume that fails loudly.
-
-Layout: ``<directory>/step_<N>/`` holds Accelerate's state (model weights as safetensors, optimizer and
-RNG states), ``callbacks.pt`` (see ``CallbackList.register_for_checkpointing``), ``trainer_state.pt``
-(the trainer's own counters, data position, EMA weights) and, written last, ``checkpoint.json`` (the
-step, the model classes and every file's size). Only folders with ``checkpoint.json`` are checkpoints.
-
-Crash safety: a checkpoint is written into a hidden ``.tmp_<name>`` folder and renamed into place;
-pruning renames ``step_<N>`` to a hidden ``.pruning_step_<N>`` before deleting it. A SIGKILL at any
-moment therefore leaves only complete checkpoints under their listed names, plus hidden leftovers that
-``clean_leftovers`` removes when the next run starts.
-
-Loading reads everything with ``weights_only=True`` (safetensors for weights): it never executes code
-from a checkpoint. Every way a load can fail ends in one ``CheckpointError`` naming the folder, the
-cause and the fix, raised on every rank alike.
-"""
+"""``CheckpointManager``: crash-safe saving and pruning of ``step_<N>`` folders, and a loud resume."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import random
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from xai_train.atomic import atomic_write
+from xai_train.checkpoint.reading import (
+    COMPLETE_FILE,
+    STEP_DIR,
+    TRAINER_STATE_FILE,
+    CheckpointError,
+    check_model_file,
+    culprit,
+    first_line,
+    list_checkpoints,
+    message,
+    read_record,
+    read_state_file,
+    restore_rng,
+    step_folders,
+)
 from xai_train.distributed import failures_on_any_rank
-from xai_train.errors import UserError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-TRAINER_STATE_FILE = "trainer_state.pt"
-COMPLETE_FILE = "checkpoint.json"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP, _OLD, _PRUNING = ".tmp_", ".old_", ".pruning_"
-# The globals numpy arrays and dtypes need to unpickle (Accelerate's RNG states hold numpy's state).
-_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
-class CheckpointError(UserError):
-    """A checkpoint cannot be used: the message names the folder, the cause and the fix.
-
-    Example:
-        >>> isinstance(CheckpointError("x"), ValueError)
-        True
-    """
-
-
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """The complete ``step_<N>`` checkpoints in ``directory``, oldest first.
-
-    A folder counts once its ``checkpoint.json`` (written last) exists; hidden temporary folders and
-    folders without it are ignored.
-
-    Args:
-        directory: a run's ``checkpoints`` folder.
-
-    Returns:
-        The checkpoint folders sorted by step (empty if ``directory`` does not exist).
-
-    Example:
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> for name in ("step_10", "step_9", ".tmp_step_11", "step_12"):
-        ...     (folder / name).mkdir()
-        >>> for name in ("step_10", "step_9", ".tmp_step_11"):
-        ...     _ = (folder / name / COMPLETE_FILE).write_text("{}")
-        >>> [p.name for p in list_checkpoints(folder)]
-        ['step_9', 'step_10']
-    """
-    return [p for p in _step_folders(directory) if (p / COMPLETE_FILE).is_file()]
-
-
-def _step_folders(directory: str | Path) -> list[Path]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def read_state_file(path: str | Path) -> Any:
-    """Reads a ``.pt``/``.bin``/``.pkl`` file of a checkpoint with ``weights_only=True``.
-
-    Tensors, plain Python values and numpy arrays (Accelerate's RNG states) load; anything else is
-    refused without running it.
-
-    Args:
-        path: the file.
-
-    Returns:
-        The stored object.
-
-    Raises:
-        CheckpointError: the file is missing, truncated/corrupt, or holds objects that would run code.
-
-    Example:
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "state.pt"
-        >>> torch.save({"step": 3, "rng": np.random.get_state()}, path)
-        >>> read_state_file(path)["step"]
-        3
-    """
-    path = Path(path)
-    try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(_message(path.parent, f"{path.name} is missing")) from None
-    except pickle.UnpicklingError as error:
-        if "weights_only" in str(error).lower() or "unsupported global" in str(error).lower():
-            cause = (
-                f"{path.name} holds objects other than tensors and plain values; they were refused unread "
-                "(loading never runs code from a checkpoint)"
-            )
-            raise CheckpointError(
-                _message(path.parent, cause, "only resume from checkpoints xai_train wrote")
-            ) from None
-        raise CheckpointError(_message(path.parent, f"{path.name} is corrupt ({_first_line(error)})")) from None
-    except Exception as error:  # truncated zip archives raise RuntimeError/EOFError/OSError, depending on where
-        raise CheckpointError(
-            _message(path.parent, f"{path.name} is truncated or corrupt ({_first_line(error)})")
-        ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0].split(". ")[0] if lines else type(error).__name__)[:200]
-
-
-def _message(folder: Path, cause: str, fix: str | None = None) -> str:
-    if fix is None:
-        earlier = [p.name for p in list_checkpoints(folder.parent) if p != folder]
-        fix = "resume from another checkpoint" + (f" (found: {', '.join(earlier)})" if earlier else "")
-        fix += " or start a fresh run"
-    return f"cannot resume from {folder}: {cause}; {fix}"
 
 
 class CheckpointManager:
@@ -194,7 +84,7 @@ class CheckpointManager:
         """
         accelerator = self.accelerator
         folder = name or f"step_{step}"
-        if name is not None and (_STEP_DIR.match(name) or name.startswith(".") or "/" in name):
+        if name is not None and (STEP_DIR.match(name) or name.startswith(".") or "/" in name):
             raise ValueError(f"checkpoint name '{name}' looks like a step folder or a path; choose a plain name")
         final, tmp = self.directory / folder, self.directory / f"{_TMP}{folder}"
         if accelerator.is_main_process:
@@ -249,7 +139,7 @@ class CheckpointManager:
 
     def _prune(self) -> None:
         if self.keep_last > 0:
-            for old in _step_folders(self.directory)[: -self.keep_last]:
+            for old in step_folders(self.directory)[: -self.keep_last]:
                 self._delete(old)
         for leftover in self.directory.glob(f"{_PRUNING}*"):
             shutil.rmtree(leftover)
@@ -305,7 +195,7 @@ class CheckpointManager:
             return None
         if str(resume) == "auto":
             latest = self.latest()
-            unsealed = [p for p in _step_folders(self.directory) if not (p / COMPLETE_FILE).is_file()]
+            unsealed = [p for p in step_folders(self.directory) if not (p / COMPLETE_FILE).is_file()]
             newer = [p for p in unsealed if latest is None or int(p.name[5:]) > int(latest.name[5:])]
             if newer:
                 raise CheckpointError(
@@ -354,8 +244,8 @@ class CheckpointManager:
     def _load_here(self, folder: Path) -> dict[str, Any]:
         accelerator = self.accelerator
         if not folder.is_dir():
-            raise CheckpointError(_message(folder, "the folder does not exist"))
-        record = self._read_record(folder)
+            raise CheckpointError(message(folder, "the folder does not exist"))
+        record = read_record(folder)
         trainer_state = read_state_file(folder / TRAINER_STATE_FILE)
         rng_file = folder / f"random_states_{accelerator.process_index}.pkl"
         if not rng_file.is_file() and record.get("processes", accelerator.num_processes) != accelerator.num_processes:
@@ -363,16 +253,16 @@ class CheckpointManager:
                 f"{rng_file.name} is missing: the checkpoint was saved by {record['processes']} processes, this "
                 f"run has {accelerator.num_processes}"
             )
-            raise CheckpointError(_message(folder, cause, f"resume with {record['processes']} processes"))
+            raise CheckpointError(message(folder, cause, f"resume with {record['processes']} processes"))
         rng_states = read_state_file(rng_file)
         if not isinstance(rng_states, Mapping) or not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(
             rng_states
         ):
-            raise CheckpointError(_message(folder, f"{rng_file.name} does not hold Accelerate's RNG states"))
+            raise CheckpointError(message(folder, f"{rng_file.name} does not hold Accelerate's RNG states"))
 
         def check_models(models: list[nn.Module], input_dir: str) -> None:
             for index, model in enumerate(models):
-                _check_model_file(folder, index, accelerator.unwrap_model(model), record.get("models", []))
+                check_model_file(folder, index, accelerator.unwrap_model(model), record.get("models", []))
 
         handle = accelerator.register_load_state_pre_hook(check_models)
         try:
@@ -380,93 +270,15 @@ class CheckpointManager:
         except CheckpointError:
             raise
         except Exception as error:
-            raise _culprit(folder) or CheckpointError(
-                _message(folder, f"loading failed ({_first_line(error)})")
+            raise culprit(folder) or CheckpointError(
+                message(folder, f"loading failed ({first_line(error)})")
             ) from error
         finally:
             handle.remove()
         try:
-            _restore_rng(rng_states)
+            restore_rng(rng_states)
         except Exception as error:
             raise CheckpointError(
-                _message(folder, f"{rng_file.name} holds unusable RNG states ({_first_line(error)})")
+                message(folder, f"{rng_file.name} holds unusable RNG states ({first_line(error)})")
             ) from None
         return trainer_state
-
-    @staticmethod
-    def _read_record(folder: Path) -> dict[str, Any]:
-        """``checkpoint.json``, after checking each file it lists is there with its recorded size."""
-        marker = folder / COMPLETE_FILE
-        if not marker.is_file():
-            return {}  # written before checkpoint.json existed; the readers below still check every file
-        try:
-            record = json.loads(marker.read_text())
-            sizes = dict(record["files"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(_message(folder, f"{COMPLETE_FILE} is corrupt ({_first_line(error)})")) from None
-        for name, size in sizes.items():
-            file = folder / name
-            if not file.is_file():
-                raise CheckpointError(_message(folder, f"{name} is missing"))
-            if file.stat().st_size != size:
-                cause = (
-                    f"{name} has {file.stat().st_size} bytes, {COMPLETE_FILE} recorded {size}: truncated or replaced"
-                )
-                raise CheckpointError(_message(folder, cause))
-        return record
-
-
-def _model_file(index: int) -> str:
-    return "model.safetensors" if index == 0 else f"model_{index}.safetensors"
-
-
-def _check_model_file(folder: Path, index: int, model: nn.Module, saved_classes: Sequence[str]) -> None:
-    """Compares a model with the tensor names and shapes in its safetensors header (reads no weights)."""
-    name, built = _model_file(index), type(model).__name__
-    file = folder / name
-    if not file.is_file():
-        raise CheckpointError(_message(folder, f"{name} (the weights of {built}) is missing"))
-    try:
-        with safe_open(file, framework="pt") as handle:
-            saved = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as error:
-        raise CheckpointError(_message(folder, f"{name} is truncated or corrupt ({_first_line(error)})")) from None
-    wanted = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    fix = "resume with the model settings the checkpoint was trained with (its run's config.yaml) or start a new run"
-    saved_class = saved_classes[index] if index < len(saved_classes) else None
-    if saved.keys() != wanted.keys():
-        missing, unexpected = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
-        has = f"{saved_class} weights" if saved_class and saved_class != built else "weights of another layout"
-        detail = f"{len(missing)} tensors missing" + (f" (e.g. '{missing[0]}')" if missing else "")
-        detail += f", {len(unexpected)} unexpected" + (f" (e.g. '{unexpected[0]}')" if unexpected else "")
-        raise CheckpointError(
-            _message(folder, f"checkpoint has {has} in {name}, this run builds {built} ({detail})", fix)
-        )
-    differ = [key for key in wanted if saved[key] != wanted[key]]
-    if differ:
-        key = differ[0]
-        cause = (
-            f"{name}: '{key}' is {saved[key]} in the checkpoint but {wanted[key]} in this run's {built} "
-            f"({len(differ)} tensors differ: a different width or size)"
-        )
-        raise CheckpointError(_message(folder, cause, fix))
-
-
-def _culprit(folder: Path) -> CheckpointError | None:
-    """After a failed load: the error of the first state file that cannot be read."""
-    for file in sorted(folder.iterdir()):
-        if file.suffix in (".bin", ".pt", ".pkl"):
-            try:
-                read_state_file(file)
-            except CheckpointError as error:
-                return error
-    return None
-
-
-def _restore_rng(states: Mapping[str, Any]) -> None:
-    """Sets the python, numpy and torch (and CUDA, when saved and present) RNGs."""
-    random.setstate(states["random_state"])
-    np.random.set_state(states["numpy_random_seed"])
-    torch.set_rng_state(states["torch_manual_seed"])
-    if "torch_cuda_manual_seed" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
