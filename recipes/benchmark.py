@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shap-baselines", type=int, default=16, help="real images used (all) by SHAP methods")
     parser.add_argument("--image-size", type=int, default=32, help="diffusion suite: image side")
     parser.add_argument("--unet-widths", nargs="+", type=int, default=[32, 64, 64], help="diffusion suite")
+    parser.add_argument("--refill-size", type=int, default=32, help="diffusion suite: samples per buffer refill")
+    parser.add_argument("--sampling-steps", type=int, default=50, help="diffusion suite: DDIM steps when sampling")
     parser.add_argument("--burners", type=int, default=1, help="contention suite: busy processes beside a step")
     parser.add_argument("--contention-steps", type=int, default=6, help="contention suite: steps per block")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
@@ -184,7 +186,7 @@ def diffusion_suite(args: argparse.Namespace) -> str:
     """Plain diffusion step vs D update + saliency per mode (batch --batch-sizes[0], same UNet)."""
     batch_size, size = args.batch_sizes[0], args.image_size
     images = build_dataset("digits", image_size=size).images
-    disc = DiscriminatorConfig(enabled=True)
+    disc = DiscriminatorConfig(enabled=True, buffer_refresh_size=args.refill_size)
 
     def noise(mode: str) -> Callable:
         return lambda alphas, _: [ImportanceNoiseSchedule(alphas, mode=mode)]
@@ -216,8 +218,8 @@ def diffusion_suite(args: argparse.Namespace) -> str:
     for name, timing in timings.items():
         total = timing.median + refill[name]
         rows.append([name, f"{timing.median * 1000:.0f}", f"{refill[name] * 1000:.0f}", f"{total / base:.2f}x"])
-    plain_s = sampling_seconds_per_image(arms["plain"])
-    importance_s = sampling_seconds_per_image(arms["xai_noise"])
+    plain_s = sampling_seconds_per_image(arms["plain"], num_inference_steps=args.sampling_steps)
+    importance_s = sampling_seconds_per_image(arms["xai_noise"], num_inference_steps=args.sampling_steps)
     text = (
         f"Diffusion step time, batch {batch_size}, {size}x{size} digits, UNet {tuple(args.unet_widths)}, device "
         f"{device}, {torch.get_num_threads()} torch threads, mixed precision {args.mixed_precision}; median of "
@@ -225,7 +227,9 @@ def diffusion_suite(args: argparse.Namespace) -> str:
         f"{disc.buffer_refresh_every} steps) are timed apart and spread over the interval\n\n"
     )
     text += markdown_table(["arm", "step ms", "buffer refill ms/step", "vs plain (incl. refill)"], rows)
-    text += f"\n\nSampling, 50 DDIM steps: plain {plain_s:.3f} s/image, importance-scheduled {importance_s:.3f} s/image"
+    text += f"\n\nBuffer refills draw {args.refill_size} samples with {disc.sample_steps} DDIM steps. "
+    text += f"Sampling, {args.sampling_steps} DDIM steps: plain {plain_s:.3f} s/image, "
+    text += f"importance-scheduled {importance_s:.3f} s/image"
     return text
 
 
