@@ -51,3 +51,21 @@ def test_bad_arguments_are_named():
         ExplanationQuality(IMAGES[:2], metrics=["pointing_game"])
     with pytest.raises(ValueError, match="unsupported method"):
         ExplanationQuality(IMAGES[:2], methods=["gradcam++"])
+
+
+def test_time_conditioned_discriminator_is_explained_at_the_given_timestep():
+    from types import SimpleNamespace
+
+    from xai_train.diffusion import TimeConditionedDiscriminator
+
+    torch.manual_seed(0)
+    d = TimeConditionedDiscriminator(1, channels=(8, 16))
+    state = SimpleNamespace(models={"discriminator": d}, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    images = IMAGES[:4, :, :16, :16]
+    values = {}
+    for t in (5, 500):
+        callback = ExplanationQuality(images, methods=["layercam", "ablationcam"], metrics=["deletion"], timestep=t)
+        values[t] = callback.measure(callback.explained_model(state))
+    assert sorted(values[5]) == ["explanation/ablationcam/deletion", "explanation/layercam/deletion"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in values[5].values())
+    assert values[5] != values[500]  # D(x, t) depends on t, and so do its maps

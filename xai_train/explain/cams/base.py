@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from xai_train.explain.base import ScoreModel
 from xai_train.explain.gradcam import default_layer
 
 MIN_SIDE_WARNING = 4  # below 4x4 a CAM is a handful of blobs: legal, but worth a warning
@@ -110,7 +111,7 @@ def resolve_layer(model: nn.Module, images: Tensor, layer: nn.Module | None) -> 
     """
     if layer is not None:
         return layer
-    return default_layer(getattr(model, "discriminator", model), images)
+    return default_layer(model.discriminator if isinstance(model, ScoreModel) else model, images)
 
 
 def forward_with_layer(model: nn.Module, images: Tensor, layer: nn.Module) -> tuple[Tensor, Tensor]:
