@@ -1,4 +1,7 @@
-"""A non-finite loss seen by one rank only stops both ranks with the same error (two real processes, gloo)."""
+"""A non-finite loss or a load failure seen by one rank only stops both ranks with the same error.
+
+Two real processes (gloo on CPU); see dist_finite_worker.py for the two failures.
+"""
 
 import os
 import socket
@@ -18,7 +21,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_inf_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
+def test_a_failure_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
     # The environment torchrun sets, but without its agent: torchrun kills the other workers as soon as
     # one fails, which would hide whether each rank stopped by itself (and with which message).
     port = free_port()
@@ -44,7 +47,11 @@ def test_inf_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
             p.kill()
     for rank, (process, (_, stderr)) in enumerate(zip(processes, outputs, strict=True)):
         assert process.returncode == 1, f"rank {rank}: {stderr[-3000:]}"
-        assert "FloatingPointError: non-finite training values at step 2" in stderr, stderr[-3000:]
-    messages = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
-    assert messages[0] == messages[1]
-    assert messages[0].startswith("non-finite training values at step 2: rank 1: {'d_loss': inf}; ")
+        assert "CheckpointError: rank 1: cannot resume from" in stderr, stderr[-3000:]
+    finite = [(tmp_path / f"rank{rank}_finite.txt").read_text() for rank in range(2)]
+    assert finite[0] == finite[1]
+    assert finite[0].startswith("non-finite training values at step 2: rank 1: {'d_loss': inf}; ")
+    resume = [(tmp_path / f"rank{rank}_resume.txt").read_text() for rank in range(2)]
+    assert resume[0] == resume[1]
+    assert resume[0].startswith(f"rank 1: cannot resume from {tmp_path / 'run' / 'checkpoints' / 'step_1'}: ")
+    assert "random_states_1.pkl is missing" in resume[0]
