@@ -97,7 +97,7 @@ class XAIConfig:
     blur_sigma: float = 0.0  # Gaussian blur of the map, in pixels
     scope: Literal["sample", "batch"] = "sample"  # min-max normalisation per image (default) or per batch
     explainer_options: dict[str, Any] = field(default_factory=dict)  # passed to the explainer
-    reference_baselines: int = 8  # real images used as baselines by deeplift_shap / gradient_shap
+    reference_baselines: int = 8  # real images deeplift_shap / gradient_shap use (all); preset=reference: batch_size
     log_every: int = 250  # saliency overlays + mask statistics in TensorBoard; 0 disables
 
     def __post_init__(self) -> None:
