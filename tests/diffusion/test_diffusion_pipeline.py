@@ -1,4 +1,7 @@
+import json
+
 import numpy as np
+import pytest
 import torch
 from diffusers import DDPMPipeline
 
@@ -39,3 +42,22 @@ def test_importance_export_round_trip(tmp_path):
     ours = sample_pipeline(pipe, 2, num_inference_steps=3, seed=1)
     expected = sampler(unet, ddim_for(scheduler), 2, 3, torch.Generator().manual_seed(1))
     np.testing.assert_allclose(ours, ((expected / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+
+def test_an_export_with_the_former_map_source_name_loads_as_x0(tmp_path):
+    torch.manual_seed(0)
+    unet, scheduler = build_unet(8, 1, (16, 32)), build_noise_scheduler(100)
+    discriminator = TimeConditionedDiscriminator(1, channels=(8,), time_dim=8, num_train_timesteps=100)
+    sampler = ImportanceSampler(DiscriminatorImportance(discriminator), NoiseScaleSchedule(100), "x0")
+    export_pipeline(tmp_path / "pipeline", unet, scheduler, sampler)
+    index = tmp_path / "pipeline" / "model_index.json"
+    saved = json.loads(index.read_text())
+    assert saved["map_source"] == "x0"
+    index.write_text(json.dumps({**saved, "map_source": "x0_hat"}))  # as written before the rename
+    pipe = load_pipeline(tmp_path / "pipeline")
+    assert pipe.config.map_source == "x0"
+    ours = sample_pipeline(pipe, 2, num_inference_steps=3, seed=1)
+    expected = sampler(unet, ddim_for(scheduler), 2, 3, torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(ours, ((expected / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="'x0_hat' is now called 'x0'"):
+        ImportanceDiffusionPipeline(unet, scheduler, discriminator, map_source="x0_hat")
