@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--checkpoint", default="latest", help="'latest' or step_<N> (GAN runs)")
     parser.add_argument("--layer", help="module name of the CAM layer (default: D.feature_layer / last spatial conv)")
     parser.add_argument("--num-images", type=int, default=32, help="real images scored (and fakes shown)")
-    parser.add_argument("--grid-images", type=int, default=8, help="real (and fake) columns in grid.png")
+    parser.add_argument("--grid-images", type=int, help="real (and fake) columns in grid.png (default: up to 8)")
     parser.add_argument("--removal", default="blur", help="deletion/insertion removal: constant | blur | road")
     parser.add_argument(
         "--score", default="auto", help="deletion/insertion track: probability | logit | auto (D: logit)"
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise ConfigError("give a GAN run directory or --classifier (exactly one of them)")
     if args.run_dir is not None and not (args.run_dir / "config.yaml").is_file():
         raise ConfigError(f"'{args.run_dir}' is not a run directory (no config.yaml); e.g. runs/demo")
+    args.grid_images = args.grid_images or min(8, args.num_images)
     if args.num_images < 2 or not 1 <= args.grid_images <= args.num_images:
         raise ConfigError(
             f"--num-images must be >= 2 and --grid-images in [1, --num-images], got {args.num_images}, "
