@@ -231,12 +231,16 @@ class CheckpointManager:
                 the file and the cause).
         """
         path = Path(path)
-        state, failure = None, None
+        state, failure, unexpected = None, None, None
         try:
             state = self._load_here(path)
         except CheckpointError as error:
             failure = str(error)
+        except Exception as error:  # a bug: this rank keeps its traceback, the others still stop
+            failure, unexpected = f"loading {path} failed with {type(error).__name__}: {first_line(error)}", error
         failures = failures_on_any_rank(self.accelerator, failure)
+        if unexpected is not None:
+            raise unexpected
         if failures:
             raise CheckpointError(failures[0] if len(failures) == 1 else " | ".join(failures))
         return state
