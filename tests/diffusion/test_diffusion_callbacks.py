@@ -263,3 +263,14 @@ def test_hand_written_accelerate_loop(mode, make_unet):
     if sampler is not None:
         samples = sampler(accelerator.unwrap_model(unet), DDIMScheduler(num_train_timesteps=100), 2, 3)
         assert samples.shape == (2, 1, 8, 8) and torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("section", ["importance_noise", "importance_weight"])
+def test_config_names_the_new_map_source(section):
+    from xai_train.config import ConfigError, load_config
+    from xai_train.config.diffusion import DiffusionExperiment
+
+    with pytest.raises(ConfigError, match=rf"^{section}\.map_source='x0_hat' is now called 'x0'"):
+        load_config(DiffusionExperiment, None, [f"{section}.map_source=x0_hat"])
+    with pytest.raises(ConfigError, match=rf"^{section}\.map_source='clean': choose one of"):
+        load_config(DiffusionExperiment, None, [f"{section}.map_source=clean"])
