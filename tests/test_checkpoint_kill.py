@@ -83,6 +83,7 @@ def assert_same(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker forks one training process per trial")
 def test_sigkill_at_any_moment_leaves_loadable_checkpoints_and_resume_is_bitwise(tmp_path):
     straight, chain = str(tmp_path / "straight"), str(tmp_path / "chain")
     rng = random.Random(0)
