@@ -20,6 +20,9 @@ suite is one function and one line there:
   refills timed apart; sampling time per image.
 - ``contention``: each thread policy in a fresh process on the demo's DCGAN, steps timed alternately idle
   and beside --burners busy processes; the ratio contended / idle should stay <= ~2.
+- ``cams``: each CAM per call on a DCGAN D (batch --batch-sizes[0], width --width) in units of one D
+  forward + backward, all gradient CAMs from one pass, batched ScoreCAM/AblationCAM vs a per-image loop of the
+  same method, and the trainer step with ``xai.method=gradcampp`` / ``layercam`` vs vanilla.
 
 Threads: ``--threads N`` (or ``XAI_TRAIN_THREADS``; see ``xai_train/threads.py``) for this process.
 """
@@ -52,11 +55,13 @@ from xai_train.benchmarks import (
     trace_rss,
 )
 from xai_train.benchmarks import step_fn as diffusion_step_fn
+from xai_train.benchmarks.cams import UNIT, cam_arms, per_image_loops
 from xai_train.cli import run_main
 from xai_train.config import load_config
 from xai_train.config.diffusion import DiscriminatorConfig
 from xai_train.config.gan import GANExperiment
 from xai_train.data import build_dataset
+from xai_train.models import build_gan
 from xai_train.threads import configure_threads
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "gan"
@@ -258,10 +263,51 @@ def contention_suite(args: argparse.Namespace) -> str:
     return text + markdown_table(header, rows)
 
 
+def cams_suite(args: argparse.Namespace) -> str:
+    """Each CAM per call (x one D fwd+bwd), batched vs per-image loops, and the trainer step with a CAM."""
+    batch_size, width = args.batch_sizes[0], args.width
+    images = build_dataset("digits", image_size=32).images
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    torch.manual_seed(0)
+    discriminator = build_gan("dcgan", image_size=32, channels=1, g_width=width, d_width=width)[1].to(device)
+    batch = images[:batch_size].to(device)
+    print(f"cams: DCGAN D width {width}, batch {batch_size}, {args.steps} rounds", flush=True)
+    calls = time_interleaved(cam_arms(discriminator, batch), steps=args.steps, warmup=args.warmup, device=device)
+    loop_rounds = max(1, args.steps // 5)  # a per-image ScoreCAM loop takes seconds: fewer rounds
+    loops = time_interleaved(per_image_loops(discriminator, batch), steps=loop_rounds, warmup=1, device=device)
+    unit = calls[UNIT].median
+    rows = [[name, f"{t.median * 1000:.1f}", f"{t.median / unit:.2f}x", ""] for name, t in calls.items()]
+    for name, t in loops.items():
+        batched = calls[name.split(" ")[0]].median
+        rows.append([name, f"{t.median * 1000:.1f}", f"{t.median / unit:.1f}x", f"{t.median / batched:.1f}x"])
+    recipe = load_config(GANExperiment, ARCH_RECIPES["dcgan"])
+    train = dataclasses.replace(recipe.train, batch_size=batch_size, mixed_precision=args.mixed_precision)
+    options = {"g_width": width, "d_width": width}
+    arms = {
+        name: make_gan_arm("dcgan", images, train, callbacks=gan_callbacks(method, images, 0), model_options=options,
+                           cpu=args.cpu)
+        for name, method in (("vanilla", None), ("gradcampp", "gradcampp"), ("layercam", "layercam"))
+    }  # fmt: skip
+    steps = {name: one_step(trainer) for name, trainer in arms.items()}
+    trained = time_interleaved(steps, steps=args.steps, warmup=args.warmup, device=arms["vanilla"].accelerator.device)
+    base = trained["vanilla"].median
+    step_rows = [[name, f"{t.median * 1000:.1f}", f"{t.median / base:.2f}x"] for name, t in trained.items()]
+    where = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, device {device}"
+    text = (
+        f"CAM cost per call, DCGAN D (width {width}, 32x32, feature layer 4x4), batch {batch_size} ({where}); median "
+        f"of {args.steps} interleaved rounds after {args.warmup} warm-up (per-image loops: {loop_rounds})"
+        f"\n\n"
+    )
+    text += markdown_table(["arm", "ms / call", f"x {UNIT}", "loop / batched"], rows)
+    text += f"\n\nTrainer step (D + G update), xai.method = a CAM (XAIGradientMask) vs vanilla, batch {batch_size}\n\n"
+    return text + markdown_table(["arm", "step ms", "vs vanilla"], step_rows)
+
+
 SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "gan": gan_suite,
     "diffusion": diffusion_suite,
     "contention": contention_suite,
+    "cams": cams_suite,
 }
 
 
