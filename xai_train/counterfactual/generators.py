@@ -146,13 +146,15 @@ def invert_generator(
     active = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
     with torch.enable_grad():
         for _ in tqdm(range(max_steps), desc="invert", disable=not progress):
-            mse = ((generator(z) - images) ** 2).flatten(1).mean(dim=1)
-            active = active & (mse.detach() >= mse_tol)
+            rows = active.nonzero()[:, 0]  # converged images leave the batch
+            mse = ((generator(z[rows]) - images[rows]) ** 2).flatten(1).mean(dim=1)
+            done = mse.detach() < mse_tol
+            active[rows[done]] = False
             if not active.any():
                 break
             before = z.detach().clone()
             optimizer.zero_grad(set_to_none=True)
-            mse.sum().backward()
+            mse[~done].sum().backward()
             optimizer.step()
             with torch.no_grad():
                 z.copy_(torch.where(active[:, None], z, before))

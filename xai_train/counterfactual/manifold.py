@@ -83,18 +83,22 @@ def _ascend(
     steps = torch.zeros(len(targets), dtype=torch.long, device=targets.device)
     trajectory = []
     for step in tqdm(range(max_steps + 1), desc=desc, disable=not progress):
-        images = render(params).clamp(-1, 1)
+        # Only the images still searching go through the models: the batch shrinks as images reach the target.
+        rows = active.nonzero()[:, 0]
+        images = render(params[rows]).clamp(-1, 1)
         logits = classifier(images)
-        p_target = logits.softmax(dim=1).gather(1, targets[:, None])[:, 0].detach()
+        p_target = logits.softmax(dim=1).gather(1, targets[rows, None])[:, 0].detach()
         if record_every and step % record_every == 0:
-            trajectory.append(images.detach().clone())
-        active = active & (p_target < p_stop)
+            with torch.no_grad():
+                trajectory.append(render(params).clamp(-1, 1))
+        done = p_target >= p_stop
+        active[rows[done]] = False
         if step == max_steps or not active.any():
             break
-        loss = F.cross_entropy(logits, targets, reduction="none")
+        loss = F.cross_entropy(logits[~done], targets[rows[~done]], reduction="sum")
         before = params.detach().clone()
         optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        loss.backward()
         optimizer.step()
         with torch.no_grad():
             keep = active.reshape(-1, *[1] * (params.ndim - 1))
