@@ -63,6 +63,7 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def step_folders(directory: str | Path) -> list[Path]:
+    """Every ``step_<N>`` folder, complete or not, oldest first (what pruning counts)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -101,8 +102,8 @@ def read_state_file(path: str | Path) -> Any:
     except pickle.UnpicklingError as error:
         if "weights_only" in str(error).lower() or "unsupported global" in str(error).lower():
             cause = (
-                f"{path.name} holds objects other than tensors and plain values; they were refused unread "
-                "(loading never runs code from a checkpoint)"
+                f"{path.name} holds objects other than tensors and plain values; they were refused, "
+                "never run (loading never runs code from a checkpoint)"
             )
             raise CheckpointError(message(path.parent, cause, "only resume from checkpoints xai_train wrote")) from None
         raise CheckpointError(message(path.parent, f"{path.name} is corrupt ({first_line(error)})")) from None
@@ -113,14 +114,16 @@ def read_state_file(path: str | Path) -> Any:
 
 
 def first_line(error: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run over several lines)."""
     lines = str(error).strip().splitlines()
     return (lines[0].split(". ")[0] if lines else type(error).__name__)[:200]
 
 
 def message(folder: Path, cause: str, fix: str | None = None) -> str:
+    """``cannot resume from <folder>: <cause>; <fix>``; the default fix names the other checkpoints."""
     if fix is None:
-        earlier = [p.name for p in list_checkpoints(folder.parent) if p != folder]
-        fix = "resume from another checkpoint" + (f" (found: {', '.join(earlier)})" if earlier else "")
+        others = [p.name for p in list_checkpoints(folder.parent) if p != folder]
+        fix = "resume from another checkpoint" + (f" (found: {', '.join(others)})" if others else "")
         fix += " or start a fresh run"
     return f"cannot resume from {folder}: {cause}; {fix}"
 
