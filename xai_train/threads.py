@@ -98,7 +98,7 @@ def choose_threads(
         The choice and its source.
 
     Raises:
-        ValueError: ``requested`` or ``XAI_TRAIN_THREADS`` is not a whole number >= 1 or ``auto``.
+        UserError: (a ValueError) ``requested`` or ``XAI_TRAIN_THREADS`` is not a whole number >= 1 or ``auto``.
 
     Example:
         >>> choose_threads(cpus=2, environ={}).threads  # a 2-core laptop: one thread
@@ -112,7 +112,7 @@ def choose_threads(
         >>> choose_threads("0", cpus=2, environ={})
         Traceback (most recent call last):
         ...
-        ValueError: --threads must be a whole number >= 1 or 'auto'; got '0'
+        xai_train.errors.UserError: --threads must be a whole number >= 1 or 'auto'; got '0'
     """
     environ = os.environ if environ is None else environ
     cpus = available_cpus() if cpus is None else cpus
