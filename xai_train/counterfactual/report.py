@@ -91,6 +91,7 @@ def heat(maps: Tensor) -> Tensor:
     """Non-negative maps (B, H, W) -> (B, 1, H, W) in [-1, 1], each scaled by its own maximum (for a grid).
 
     Example:
+        >>> import torch
         >>> heat(torch.tensor([[[0.0, 2.0]]])).tolist()
         [[[[-1.0, 1.0]]]]
     """
