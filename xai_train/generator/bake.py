@@ -158,7 +158,7 @@ def export_generator(generator: nn.Module, path: str | Path, latent_dim: int | N
     frozen = copy.deepcopy(generator).eval().cpu()
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(frozen, (torch.zeros(2, latent_dim),), dynamic_shapes=({0: batch},))
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants the .pt2 suffix
     torch.export.save(program, tmp)
     tmp.replace(path)
     return path

@@ -10,7 +10,6 @@ different unit set in every row.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xai_train.generator.iou import iou_from_counts, iqr_thresholds, overlap_counts, unit_quantiles
+from xai_train.generator.report import write_csv
 from xai_train.generator.units import UnitEdit, generate
 
 Segmenter = Callable[[Tensor], Tensor]
@@ -95,14 +95,7 @@ class Dissection:
 
     def write_csv(self, path: str | Path) -> Path:
         """The ranking as CSV."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = self.ranking()
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
+        return write_csv(self.ranking(), path)
 
     def markdown(self, top: int = 20) -> str:
         """The first ``top`` rows of the ranking as a Markdown table."""
