@@ -14,7 +14,9 @@ file, or a safetensors file of a FeatureClassifier; each image's predicted class
 
 Writes <out> (default <run>/explain/, or runs/explain_<classifier>/explain/): grid.png (rows: the images, then
 one row per method; columns: real images, then fakes), metrics.md and metrics.csv (metric x method, on the real
-images), timings.json, and TensorBoard scalars and the grid in <out>/tensorboard.
+images), timings.json, and TensorBoard scalars and the grid in <out>/tensorboard. For a classifier also
+galore.png: GALORE's attributive, counterfactual ("A and not B") and deliberative maps of each image's top two
+classes, and with ground-truth masks galore/metrics.md (their energy in the mask).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from xai_train.cli import run_main
 from xai_train.config import ConfigError, load_config
 from xai_train.config.gan import GANExperiment
 from xai_train.data import build_dataset
+from xai_train.explain.galore import galore_maps
+from xai_train.explain.quality import energy_in_mask
 from xai_train.explain.report import (
     bound_explainer,
     check_report_methods,
@@ -217,6 +221,17 @@ def main(argv: list[str] | None = None) -> Path:
             for metric, value in row.items():
                 writer.add_scalar(f"explain/{metric}/{method}", value, 0)
         writer.add_image("explain/grid", grid, 0)
+
+    # 4. A classifier: GALORE's maps for each image's top two classes A, B ("A and not B", "A or B?").
+    if not single_logit:
+        galore = galore_maps(model, real, layer=dict(model.named_modules())[layer])
+        names = ["attributive", "counterfactual", "deliberative"]
+        pairs = [f"{a} not {b}" for a, b in galore["classes"][: args.grid_images].tolist()]
+        grid = method_grid(real[: args.grid_images], {n: galore[n][: args.grid_images] for n in names})
+        save_labelled_grid(grid, out / "galore.png", ["image", *names], pairs, real.shape[-1])
+        if batch["masks"] is not None:
+            energy = {n: float(energy_in_mask(galore[n], batch["masks"]).mean()) for n in names}
+            write_table({n: {"energy_in_mask": e} for n, e in energy.items()}, out / "galore", f"GALORE, {source}")
     print(f"{len(methods)} methods on {len(real)} images (layer {layer}) -> {out}")
     return out
 

@@ -79,6 +79,9 @@ def test_safetensors_classifier_and_an_unreadable_checkpoint(tmp_path):
     )
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["method"] for r in rows] == ["layercam"]
+    galore = list(csv.DictReader((out / "galore" / "metrics.csv").open()))  # shapes has masks
+    assert [r["method"] for r in galore] == ["attributive", "counterfactual", "deliberative"]
+    assert all(0 <= float(r["energy_in_mask"]) <= 1 for r in galore) and (out / "galore.png").is_file()
     run_dir = tiny_run(tmp_path)
     (run_dir / "checkpoints" / "step_2" / "model_1.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="cannot load"):
