@@ -116,6 +116,7 @@ CLI_CASES = [
     ("train_gan", ["--config", "{tmp}/list.yaml"], ["list.yaml", "mapping"]),
     ("train_gan", ["--config", "{tmp}/broken.yaml"], ["broken.yaml", "not valid YAML"]),
     ("train_gan", ["--config", "{tmp}/missing.yaml"], ["missing.yaml", "does not exist"]),
+    ("train_gan", ["--config", "{tmp}"], ["is a directory, not a YAML file"]),
     ("train_diffusion", ["importance_weight.method=foo"], ["importance_weight.method='foo'", "saliency"]),
     ("train_diffusion", ["importance_noise.method=foo"], ["importance_noise.method='foo'", "saliency"]),
     ("train_diffusion", ["importance_noise.enabled=true"], ["importance_noise.enabled", "discriminator.enabled=true"]),

@@ -259,7 +259,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Reads a YAML mapping with ``yaml.safe_load``; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+        problem = "is a directory, not a YAML file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file '{path}' {problem}")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
