@@ -36,6 +36,7 @@ from xai_train.diffusion.self_refine import (
     check_self_refine_options,
     fam_noise_scale,
     flaw_maps,
+    reduce_gradients,
     train_highlighter,
 )
 
@@ -220,12 +221,9 @@ class SelfRefiningDiffusion(Callback):
     def on_before_optimizer_step(self, state: TrainState, role: str) -> None:
         if role != "denoiser" or self.projection_optimizer is None or self.fam_is_unset():
             return
-        params = [p for p in self.attention.projections.parameters() if p.grad is not None]
-        if not params:
+        if all(p.grad is None for p in self.attention.projections.parameters()):
             return
-        if state.accelerator.num_processes > 1:
-            for p in params:
-                p.grad = state.accelerator.reduce(p.grad, "mean")
+        reduce_gradients(self.attention.projections, self._reducer(state.accelerator))
         self.projection_optimizer.step()
         self.projection_optimizer.zero_grad(set_to_none=True)
 

@@ -33,6 +33,7 @@ from xai_train.diffusion.self_refine.highlighter import (
     highlighter_accuracy,
     load_highlighter_folders,
     offline_highlighter,
+    reduce_gradients,
     save_highlighter,
     train_highlighter,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "key_value_scale",
     "load_highlighter_folders",
     "offline_highlighter",
+    "reduce_gradients",
     "save_highlighter",
     "train_highlighter",
 ]

@@ -92,6 +92,15 @@ def bce_loss(highlighter: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
     ) / 2
 
 
+def reduce_gradients(module: nn.Module, reduce_grad: GradReducer | None) -> None:
+    """Replaces every parameter gradient of ``module`` by ``reduce_grad(grad)`` (nothing when it is ``None``)."""
+    if reduce_grad is None:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            p.grad = reduce_grad(p.grad)
+
+
 @torch.no_grad()
 def highlighter_accuracy(highlighter: nn.Module, real: Tensor, fake: Tensor, batch_size: int = 256) -> float:
     """Balanced accuracy ``(acc_real + acc_fake) / 2`` at threshold 0.5, in eval mode (mode restored).
@@ -195,10 +204,7 @@ def train_highlighter(
             loss = bce_loss(highlighter, train_real[real_index], train_fake[fake_index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if reduce_grad is not None:
-                for p in highlighter.parameters():
-                    if p.grad is not None:
-                        p.grad = reduce_grad(p.grad)
+            reduce_gradients(highlighter, reduce_grad)
             optimizer.step()
             schedule.step()
             losses.append(loss.detach())
@@ -260,10 +266,7 @@ class OnlineHighlighter:
             loss = bce_loss(self.highlighter, real.detach(), fake.detach())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        if self.reduce_grad is not None:
-            for p in self.highlighter.parameters():
-                if p.grad is not None:
-                    p.grad = self.reduce_grad(p.grad)
+        reduce_gradients(self.highlighter, self.reduce_grad)
         self.optimizer.step()
         self.steps += 1
         return loss.detach()
