@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--adversarial-steps", type=int, default=1000)
     parser.add_argument("--layer", default="project", help="AttFind: the generator module whose channels shift")
     parser.add_argument("--top-k", type=int, default=8, help="AttFind: attributes per class")
+    parser.add_argument(
+        "--sim-weight", type=float, default=0.01, help="GANMEX: weight of ‖x − x̂‖₁ (paper: 1; see the docs)"
+    )
     parser.add_argument("--attribution", default="integrated_gradients", help="GANMEX: explainer to compare")
     parser.add_argument("--flow-path", type=Path, default=Path("runs/flow_digits/flow.safetensors"))
     parser.add_argument("--seed", type=int, default=0)
@@ -173,7 +176,16 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         latents = decoder.encode(images)
         baseline = latent_baseline(
-            classifier, decoder, critic, images, targets, latents=latents, lr=lr, steps=args.steps, progress=True
+            classifier,
+            decoder,
+            critic,
+            images,
+            targets,
+            latents=latents,
+            sim_weight=args.sim_weight,
+            lr=lr,
+            steps=args.steps,
+            progress=True,
         )
         elapsed = time.perf_counter() - start
         with torch.no_grad():
@@ -192,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                 {
                     "baseline": name,
                     "attribution": args.attribution,
+                    "sim_weight": args.sim_weight,
                     "images": len(images),
                     "baseline_is_target": (baseline_class == targets).float().mean().item()
                     if name == "ganmex"
@@ -204,7 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
             )
         shown = slice(0, min(16, len(images)))
         panel = [("original", images[shown]), ("GANMEX baseline", baseline[shown])]
-        panel += [(f"{args.attribution[:12]}\n{name}", heat(maps[name][shown])) for name in baselines]
+        short = {"integrated_gradients": "IG", "deeplift": "DeepLift", "deeplift_shap": "DeepLiftShap"}
+        panel += [
+            (f"{short.get(args.attribution, args.attribution)}\n{name}", heat(maps[name][shown])) for name in baselines
+        ]
         captions = [f"{p}→{t}" for p, t in zip(predicted[shown].tolist(), targets[shown].tolist(), strict=True)]
         save_panel(panel, out / "panel.png", captions)
         for label, row in panel:
