@@ -49,7 +49,7 @@ from xai_train.generator.scorers import (
     train_artifact_classifier,
 )
 from xai_train.generator.units import generate, sample_latents
-from xai_train.images import save_grid
+from xai_train.images import save_png, to_unit_range
 from xai_train.metrics import ClassifierRecipe, domain_feature_extractor, extract_features
 
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dump_samples:  # generations to label by hand: move each into flawed/ or normal/
         images, _ = generate(G, sample_latents(args.num_dump, G.latent_dim, args.seed + 1))
         for i, image in enumerate(images):
-            save_grid(image[None], args.dump_samples / f"sample_{i:05d}.png", nrow=1)
+            save_png(to_unit_range(image), args.dump_samples / f"sample_{i:05d}.png")  # exact size, no padding
         print(f"{len(images)} samples -> {args.dump_samples}; sort them into flawed/ and normal/")
         return {}
     scorer = build_scorer(args, run, data)
