@@ -61,7 +61,8 @@ def test_every_method_gives_finite_maps_and_a_mask_in_range(method, conv_d, imag
     assert torch.allclose(result.mask.flatten(1).amax(1), torch.ones(6))  # per-sample max is 1
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+# randomcam's default noise map ignores D by design (a negative control; tests/explain/test_cams.py covers it).
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "randomcam"])
 def test_map_changes_when_d_changes(method, conv_d, images):
     torch.manual_seed(11)
     before = attribute(conv_d, images, method, **options(method))
