@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 
-from xai_train.config import ConfigError
+from xai_train.cli import run_main
 from xai_train.counterfactual import (
     FlowDecoder,
     GANDecoder,
@@ -40,7 +39,8 @@ from xai_train.counterfactual.attfind import attfind, channel_effects, channel_r
 from xai_train.counterfactual.ganmex import class_attribution, latent_baseline, simple_baselines
 from xai_train.counterfactual.oracle import oracle_agreement, train_oracle
 from xai_train.counterfactual.report import heat, load_classifier, save_panel, write_rows
-from xai_train.data import DataError, build_dataset
+from xai_train.data import build_dataset
+from xai_train.errors import UserError
 from xai_train.images import make_grid, to_unit_range
 
 METHODS = ("manifold", "ganmex", "attfind")
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The generator (and, for a GAN, its discriminator as GANMEX's realism critic) and the data it models.
     if args.generator == "flow":
         if args.method != "manifold":
-            raise ValueError(f"--method {args.method} needs a GAN run as --generator; the flow serves 'manifold'")
+            raise UserError(f"--method {args.method} needs a GAN run as --generator; the flow serves 'manifold'")
         dataset_name, image_size, channels, critic, G = "digits", 32, 1, None, None
         decoder, flow_info = flow_decoder(args.flow_path, image_size)
         print(f"flow: {flow_info}")
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = build_dataset(dataset_name, image_size=image_size, channels=channels)
     num_classes = classifier(dataset.images[:1]).shape[1]
     if args.target is not None and not 0 <= args.target < num_classes:
-        raise ValueError(f"unknown target class {args.target}; the classifier has classes 0..{num_classes - 1}")
+        raise UserError(f"unknown target class {args.target}; the classifier has classes 0..{num_classes - 1}")
     pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[: args.num_images]
     images = dataset.images[pick]
     with torch.no_grad():
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method == "manifold":
         # Counterfactuals on the manifold vs pixel-space adversarial examples, judged by an independent oracle.
         if dataset.labels is None:
-            raise ValueError(f"dataset {dataset_name!r} has no labels: the oracle classifier needs them")
+            raise UserError(f"dataset {dataset_name!r} has no labels: the oracle classifier needs them")
         oracle, oracle_accuracy = train_oracle(dataset.images, dataset.labels, seed=args.seed + 1)
         start = time.perf_counter()
         latents = decoder.encode(images)
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
         layers = dict(G.named_modules())
         if args.layer not in layers or not args.layer:
             names = ", ".join(name for name in layers if name)
-            raise ValueError(f"--layer {args.layer!r} is not a module of the generator; choose one of: {names}")
+            raise UserError(f"--layer {args.layer!r} is not a module of the generator; choose one of: {names}")
         layer = layers[args.layer]
         generator = torch.Generator().manual_seed(args.seed)
         population = torch.randn(512, G.latent_dim, generator=generator)
@@ -288,8 +288,4 @@ def _mass_on_top(maps: torch.Tensor, change: torch.Tensor, share: float) -> floa
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, user_errors=(FileNotFoundError,))

@@ -15,12 +15,14 @@ import dataclasses
 from pathlib import Path
 
 import torch
+import yaml
 from einops import rearrange
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from xai_train.counterfactual.flow import RealNVP
 from xai_train.data.convert import resize
+from xai_train.errors import UserError
 
 
 class LatentDecoder(nn.Module):
@@ -214,6 +216,7 @@ def load_gan_run(run_dir: str | Path, checkpoint: str = "latest") -> tuple[nn.Mo
 
     Raises:
         FileNotFoundError: no config.yaml or no such checkpoint (the message lists the ones there are).
+        UserError: a diffusion run (no inverse of its sampler is implemented).
     """
     from xai_train.config import load_config, to_dict
     from xai_train.config.gan import GANExperiment
@@ -222,6 +225,12 @@ def load_gan_run(run_dir: str | Path, checkpoint: str = "latest") -> tuple[nn.Mo
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"'{run_dir}' is not a GAN run: no config.yaml (train one with recipes/train_gan.py)")
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    if "unet" in raw or "scheduler" in raw:
+        raise UserError(
+            f"'{run_dir}' is a diffusion run: its sampler has no inverse here (DDIM inversion is not implemented); "
+            "pass a GAN run of recipes/train_gan.py, or 'flow'"
+        )
     config = load_config(GANExperiment, run_dir / "config.yaml")
     folders = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
     folder = (folders[-1] if folders else None) if checkpoint == "latest" else run_dir / "checkpoints" / checkpoint

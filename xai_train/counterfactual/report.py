@@ -11,6 +11,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from xai_train.errors import UserError
 from xai_train.images import make_grid, to_unit_range
 
 BUILTIN_CLASSIFIERS: tuple[str, ...] = ("digits", "shapes", "parts_shapes")
@@ -31,14 +32,14 @@ def load_classifier(spec: str, image_size: int, channels: int) -> nn.Module:
         The classifier, images (B, C, H, W) in [-1, 1] -> logits (B, K).
 
     Raises:
-        ValueError: an unknown name, or weights that do not load (the message says why).
+        UserError: an unknown name, or weights that do not load (the message says why).
         FileNotFoundError: a path that does not exist.
 
     Example:
         >>> load_classifier("imagenet", 32, 1)
         Traceback (most recent call last):
         ...
-        ValueError: classifier 'imagenet' is neither one of digits, shapes, parts_shapes nor a .safetensors file
+        xai_train.errors.UserError: classifier 'imagenet': choose digits, shapes, parts_shapes or a .safetensors file
     """
     from xai_train.metrics.classifier import FeatureClassifier
     from xai_train.metrics.extractor import domain_feature_extractor
@@ -49,7 +50,7 @@ def load_classifier(spec: str, image_size: int, channels: int) -> nn.Module:
     path = Path(spec)
     if path.suffix != ".safetensors":
         names = ", ".join(BUILTIN_CLASSIFIERS)
-        raise ValueError(f"classifier {spec!r} is neither one of {names} nor a .safetensors file")
+        raise UserError(f"classifier {spec!r}: choose {names} or a .safetensors file")
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"classifier '{path}' needs the weights file and its metadata '{meta_path}'")
@@ -59,9 +60,9 @@ def load_classifier(spec: str, image_size: int, channels: int) -> nn.Module:
         model = FeatureClassifier(meta["channels"], meta["num_classes"], recipe["width"], recipe["num_features"])
         model.load_state_dict(load_file(path))
     except (KeyError, ValueError, RuntimeError, OSError) as err:
-        raise ValueError(f"classifier '{path}' does not load: {err}") from err
+        raise UserError(f"classifier '{path}' does not load: {err}") from err
     if (meta["channels"], meta["image_size"]) != (channels, image_size):
-        raise ValueError(
+        raise UserError(
             f"classifier '{path}' was trained on {meta['channels']}×{meta['image_size']}² images; "
             f"the generator makes {channels}×{image_size}²"
         )
