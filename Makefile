@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: install demo test lint bench device-check clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python recipes/train_gan.py --config configs/gan/demo.yaml
@@ -27,6 +29,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python recipes/benchmark.py
+
+# The prepared GPU check (scripts/device_check.sh): CUDA tests, benchmarks, a bf16 demo; RESULTS names the folder.
+RESULTS ?= results/device_check
+device-check: $(STAMP)
+	bash scripts/device_check.sh $(RESULTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
