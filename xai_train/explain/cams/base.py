@@ -105,13 +105,38 @@ def check_layer_map(activations: object, layer: nn.Module) -> Tensor:
 
 
 def resolve_layer(model: nn.Module, images: Tensor, layer: nn.Module | None) -> nn.Module:
-    """``layer``, or the default one: D's ``feature_layer`` or its last Conv2d with a map larger than 1×1.
+    """``layer``, or the default one: D's ``feature_layer``, else its last Conv2d whose map is at least 4×4
+    (else the last one larger than 1×1, which then warns as coarse).
 
     ``model`` may be the ``ScoreModel`` wrapper ``attribute`` passes (its ``discriminator`` is searched).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 4, 4), nn.Flatten(), nn.Linear(8, 1))
+        >>> resolve_layer(net, torch.zeros(1, 1, 8, 8), None) is net[0]  # net[1] maps to 2×2
+        True
     """
     if layer is not None:
         return layer
-    return default_layer(model.discriminator if isinstance(model, ScoreModel) else model, images)
+    model = model.discriminator if isinstance(model, ScoreModel) else model
+    try:
+        return model.feature_layer
+    except (AttributeError, NotImplementedError):
+        pass
+    sides: dict[nn.Module, tuple[int, int]] = {}
+
+    def record(module: nn.Module, _inputs: object, output: Tensor) -> None:
+        sides[module] = tuple(output.shape[-2:])
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(record) for m in convs]
+    try:
+        with torch.no_grad():
+            model(images[:2])
+    finally:
+        for handle in handles:
+            handle.remove()
+    large = [m for m in convs if min(sides.get(m, (0, 0))) >= MIN_SIDE_WARNING]
+    return large[-1] if large else default_layer(model, images)
 
 
 def forward_with_layer(model: nn.Module, images: Tensor, layer: nn.Module) -> tuple[Tensor, Tensor]:
