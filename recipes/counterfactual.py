@@ -59,7 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inversion-steps", type=int, default=200, help="GAN inversion cap (paper: 5000)")
     parser.add_argument("--adversarial-lr", type=float, default=5e-4, help="pixel attack (the authors' 5e-4)")
     parser.add_argument("--adversarial-steps", type=int, default=1000)
-    parser.add_argument("--layer", default="project", help="AttFind: the generator module whose channels shift")
+    parser.add_argument(
+        "--layer",
+        default="latent",
+        help="AttFind: 'latent' (z's coordinates) or a module of G whose channels shift, e.g. project",
+    )
     parser.add_argument("--top-k", type=int, default=8, help="AttFind: attributes per class")
     parser.add_argument(
         "--sim-weight", type=float, default=0.01, help="GANMEX: weight of ‖x − x̂‖₁ (paper: 1; see the docs)"
@@ -228,7 +232,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     else:
         # AttFind on the channels of one generator layer, for every class (or the --target class).
-        layers = dict(G.named_modules())
+        if args.layer == "latent":  # the latent coordinates themselves: the closest analogue of StylEX's styles
+            G = torch.nn.Sequential(torch.nn.Identity(), G)
+            G.latent_dim = G[1].latent_dim
+        layers = {"latent": G[0], **dict(G.named_modules())} if args.layer == "latent" else dict(G.named_modules())
         if args.layer not in layers or not args.layer:
             names = ", ".join(name for name in layers if name)
             raise UserError(f"--layer {args.layer!r} is not a module of the generator; choose one of: {names}")
