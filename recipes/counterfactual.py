@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 
@@ -30,7 +31,6 @@ from xai_train.counterfactual import (
     GANDecoder,
     RealNVP,
     checkerboard,
-    load_gan_run,
     manifold_counterfactuals,
     pixel_adversarial,
     train_flow,
@@ -41,6 +41,7 @@ from xai_train.counterfactual.oracle import oracle_agreement, train_oracle
 from xai_train.counterfactual.report import heat, load_classifier, save_panel, write_rows
 from xai_train.data import build_dataset
 from xai_train.errors import UserError
+from xai_train.generator.run import load_gan_run
 from xai_train.images import make_grid, to_unit_range
 
 METHODS = ("manifold", "ganmex", "attfind")
@@ -94,6 +95,17 @@ def flow_decoder(path: Path, image_size: int) -> tuple[FlowDecoder, dict]:
     return FlowDecoder(flow.requires_grad_(False), shape=(1, 8, 8), image_size=image_size), meta
 
 
+def check_gan_run(run_dir: Path) -> None:
+    """A diffusion run is refused with the reason: no inverse of its sampler is implemented (DDIM inversion)."""
+    config_file = run_dir / "config.yaml"
+    raw = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+    if isinstance(raw, dict) and ("unet" in raw or "scheduler" in raw):
+        raise UserError(
+            f"'{run_dir}' is a diffusion run: its sampler has no inverse here (DDIM inversion is not implemented); "
+            "pass a GAN run of recipes/train_gan.py, or 'flow'"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -107,9 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"flow: {flow_info}")
         out = args.out or args.flow_path.parent / "counterfactual" / args.method
     else:
-        G, critic, config = load_gan_run(args.generator)
-        data = config["data"]
-        dataset_name, image_size, channels = data["name"], data["image_size"], data["channels"]
+        check_gan_run(Path(args.generator))
+        run = load_gan_run(args.generator)  # G (EMA weights if the run kept them) and D of the latest checkpoint
+        G, critic, data = run.generator, run.discriminator, run.config.data
+        if critic is None and args.method == "ganmex":
+            raise UserError(f"'{args.generator}' holds no discriminator: GANMEX needs D as its realism critic")
+        dataset_name, image_size, channels = data.name, data.image_size, data.channels
         decoder = GANDecoder(G, max_steps=args.inversion_steps)
         out = args.out or Path(args.generator) / "counterfactual" / args.method
     classifier = load_classifier(args.classifier, image_size, channels)

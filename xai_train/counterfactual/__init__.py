@@ -3,8 +3,8 @@
 * :func:`manifold_counterfactuals` — Dombrowski et al.: Adam in a generator's latent space from z₀ = g⁻¹(x)
   until the classifier says the target class; :func:`pixel_adversarial` is the pixel-space comparison.
 * :class:`RealNVP`, :func:`train_flow`, :class:`FlowDecoder` — an exactly invertible generator;
-  :class:`GANDecoder` and :func:`invert_generator` — a GAN with the paper's Adam inversion;
-  :func:`load_gan_run` — G and D of a run of ``recipes/train_gan.py``.
+  :class:`GANDecoder` and :func:`invert_generator` — a GAN with the paper's Adam inversion (load a run of
+  ``recipes/train_gan.py`` with ``xai_train.generator.run.load_gan_run``).
 """
 
 from xai_train.counterfactual.flow import RealNVP, checkerboard, train_flow
@@ -14,7 +14,6 @@ from xai_train.counterfactual.generators import (
     Inversion,
     LatentDecoder,
     invert_generator,
-    load_gan_run,
 )
 from xai_train.counterfactual.manifold import (
     CounterfactualResult,
@@ -33,7 +32,6 @@ __all__ = [
     "as_targets",
     "checkerboard",
     "invert_generator",
-    "load_gan_run",
     "manifold_counterfactuals",
     "pixel_adversarial",
     "train_flow",

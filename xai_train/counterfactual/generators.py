@@ -12,17 +12,13 @@ A counterfactual search needs ``decode(z)`` and a starting latent ``z₀ = encod
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
-import yaml
 from einops import rearrange
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from xai_train.counterfactual.flow import RealNVP
 from xai_train.data.convert import resize
-from xai_train.errors import UserError
 
 
 class LatentDecoder(nn.Module):
@@ -202,54 +198,3 @@ class GANDecoder(LatentDecoder):
             self.generator, images, self.latent_dim, lr=self.lr, mse_tol=self.mse_tol, max_steps=self.max_steps
         )
         return self.last_inversion.latents
-
-
-def load_gan_run(run_dir: str | Path, checkpoint: str = "latest") -> tuple[nn.Module, nn.Module, dict]:
-    """Rebuilds a GAN run's G and D from ``<run>/config.yaml`` and loads a checkpoint's safetensors weights.
-
-    Args:
-        run_dir: a run directory written by ``recipes/train_gan.py`` (e.g. ``runs/demo``).
-        checkpoint: ``latest``, ``best`` or ``step_<N>``.
-
-    Returns:
-        ``(generator, discriminator, config)``: both models in eval mode; ``config`` the run's config as a dict.
-
-    Raises:
-        FileNotFoundError: no config.yaml or no such checkpoint (the message lists the ones there are).
-        UserError: a diffusion run (no inverse of its sampler is implemented).
-    """
-    from xai_train.config import load_config, to_dict
-    from xai_train.config.gan import GANExperiment
-    from xai_train.models import build_gan
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"'{run_dir}' is not a GAN run: no config.yaml (train one with recipes/train_gan.py)")
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    if "unet" in raw or "scheduler" in raw:
-        raise UserError(
-            f"'{run_dir}' is a diffusion run: its sampler has no inverse here (DDIM inversion is not implemented); "
-            "pass a GAN run of recipes/train_gan.py, or 'flow'"
-        )
-    config = load_config(GANExperiment, run_dir / "config.yaml")
-    folders = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    folder = (folders[-1] if folders else None) if checkpoint == "latest" else run_dir / "checkpoints" / checkpoint
-    if folder is None or not (folder / "model.safetensors").is_file():
-        names = [p.name for p in sorted((run_dir / "checkpoints").glob("*")) if p.is_dir()]
-        raise FileNotFoundError(f"run '{run_dir}' has no checkpoint {checkpoint!r}; it has: {names or 'none'}")
-    model, data = config.model, config.data
-    generator, discriminator = build_gan(
-        model.arch,
-        image_size=data.image_size,
-        channels=data.channels,
-        latent_dim=model.latent_dim,
-        g_width=model.g_width,
-        d_width=model.d_width,
-        g_norm=model.g_norm,
-        d_norm=model.d_norm,
-        dropout=model.dropout,
-    )
-    # The trainer prepares G first: Accelerate saves it as model.safetensors and D as model_1.safetensors.
-    generator.load_state_dict(load_file(folder / "model.safetensors"))
-    discriminator.load_state_dict(load_file(folder / "model_1.safetensors"))
-    return generator.eval(), discriminator.eval(), to_dict(config)
