@@ -30,7 +30,7 @@ class AffineCoupling(nn.Module):
     def __init__(self, mask: Tensor, hidden: int) -> None:
         super().__init__()
         dim = mask.numel()
-        self.register_buffer("mask", mask.float())
+        self.register_buffer("mask", mask.float().clone())  # own storage: safetensors refuses shared tensors
         self.net = nn.Sequential(
             nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2 * dim)
         )
