@@ -9,8 +9,9 @@
 
 A GAN run: D and G are rebuilt from <run>/config.yaml and loaded from a checkpoint (default: the latest); the
 real images come from the run's dataset (with ground-truth masks for shapes), the fakes from G. A classifier:
-``digits``/``shapes``/``parts_shapes`` (the project's FeatureClassifier, trained once and cached), a TorchScript
-file, or a safetensors file of a FeatureClassifier; each image's predicted class is explained.
+``digits``/``shapes``/``parts_shapes`` (the project's FeatureClassifier, trained once and cached), a safetensors file
+of a FeatureClassifier, or a TorchScript file; each image's predicted class is explained. A TorchScript model runs
+as a compiled graph whose layers call no forward hooks: it gets saliency and input x gradient, not the CAMs.
 
 Writes <out> (default <run>/explain/, or runs/explain_<classifier>/explain/): grid.png (rows: the images, then
 one row per method; columns: real images, then fakes), metrics.md and metrics.csv (metric x method, on the real
@@ -129,7 +130,8 @@ def load_classifier(source: str, data_name: str | None, num_images: int, seed: i
                 model = torch.jit.load(str(path), map_location="cpu").eval()
             except RuntimeError as err:
                 raise CheckpointError(f"cannot read '{path}' as a TorchScript model: {err}") from err
-    return model, {"real": dataset.images, "fake": None, "masks": dataset.masks, "name": data_name}
+    batch = {"real": dataset.images, "fake": None, "masks": dataset.masks, "name": data_name}
+    return model, batch | {"class_names": dataset.class_names}
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -177,8 +179,9 @@ def main(argv: list[str] | None = None) -> Path:
     with torch.no_grad():
         single_logit = model(real[:2]).reshape(2, -1).shape[1] == 1
     try:
-        methods = check_report_methods(args.methods.split(","), single_logit)
-        layer = layer_name(model, real, args.layer)
+        hooks = not isinstance(model, torch.jit.ScriptModule)  # TorchScript layers call no forward hooks
+        methods = check_report_methods(args.methods.split(","), single_logit, hooks=hooks)
+        layer = layer_name(model, real, args.layer) if hooks else ""
     except ValueError as err:
         raise ConfigError(str(err)) from err
     # A trained D's sigmoid saturates (real images can sit at 0.05): its logit separates the curves better.
@@ -223,10 +226,12 @@ def main(argv: list[str] | None = None) -> Path:
         writer.add_image("explain/grid", grid, 0)
 
     # 4. A classifier: GALORE's maps for each image's top two classes A, B ("A and not B", "A or B?").
-    if not single_logit:
+    if not single_logit and hooks:
         galore = galore_maps(model, real, layer=dict(model.named_modules())[layer])
         names = ["attributive", "counterfactual", "deliberative"]
-        pairs = [f"{a} not {b}" for a, b in galore["classes"][: args.grid_images].tolist()]
+        classes = batch.get("class_names") or ()
+        label = lambda k: classes[k] if k < len(classes) else str(k)  # noqa: E731
+        pairs = [f"{label(a)} not {label(b)}" for a, b in galore["classes"][: args.grid_images].tolist()]
         grid = method_grid(real[: args.grid_images], {n: galore[n][: args.grid_images] for n in names})
         save_labelled_grid(grid, out / "galore.png", ["image", *names], pairs, real.shape[-1])
         if batch["masks"] is not None:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from xai_train.checkpoint import CheckpointError
-from xai_train.config import load_config, save_config
+from xai_train.config import ConfigError, load_config, save_config
 from xai_train.config.gan import GANExperiment
 from xai_train.metrics.classifier import FeatureClassifier
 from xai_train.models import build_gan
@@ -59,6 +59,7 @@ def test_gan_run_report_has_the_grid_the_table_and_timings(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")  # torch.jit is deprecated
 def test_safetensors_classifier_and_an_unreadable_checkpoint(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "clf.safetensors"
@@ -82,6 +83,15 @@ def test_safetensors_classifier_and_an_unreadable_checkpoint(tmp_path):
     galore = list(csv.DictReader((out / "galore" / "metrics.csv").open()))  # shapes has masks
     assert [r["method"] for r in galore] == ["attributive", "counterfactual", "deliberative"]
     assert all(0 <= float(r["energy_in_mask"]) <= 1 for r in galore) and (out / "galore.png").is_file()
+    # TorchScript: compiled layers call no forward hooks, so only the class-logit gradients run, and CAMs are a
+    # clear error rather than an empty map.
+    traced = torch.jit.trace(FeatureClassifier(1, 3, width=4, num_features=8).eval(), torch.zeros(2, 1, 32, 32))
+    torch.jit.save(traced, tmp_path / "clf.pt")
+    common = ["--classifier", str(tmp_path / "clf.pt"), "--data", "shapes", "--num-images", "4"]
+    out = recipe().main([*common, "--methods", "all", "--out", str(tmp_path / "ts")])
+    assert [r["method"] for r in csv.DictReader((out / "metrics.csv").open())] == ["saliency"]
+    with pytest.raises(ConfigError, match="TorchScript"):
+        recipe().main([*common, "--methods", "gradcam", "--out", str(tmp_path / "ts")])
     run_dir = tiny_run(tmp_path)
     (run_dir / "checkpoints" / "step_2" / "model_1.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="cannot load"):

@@ -10,7 +10,8 @@
 
 Single-logit D (``(B, 1)`` logits): every name of ``xai_train.explain.METHODS`` works, CAMs through
 :func:`xai_train.explain.cams.cam` (with the papers' ReLU), the rest through ``attribute`` (|attribution|, max over
-channels). C-class classifier: the CAM suite, explaining each image's predicted class.
+channels). C-class classifier: the CAM suite and saliency / input × gradient, explaining each image's predicted
+class; a TorchScript model only the latter (its layers call no forward hooks).
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from xai_train.explain.attribute import METHODS, attribute
+from xai_train.explain.base import explaining
 from xai_train.explain.cams import CAM_METHODS, cam
-from xai_train.explain.cams.base import resolve_layer
+from xai_train.explain.cams.base import resolve_layer, target_scores
 from xai_train.explain.quality import (
     cascading_randomisation,
     explanation_infidelity,
     explanation_sensitivity,
     localisation_metrics,
     perturbation_metrics,
+    randomisable_layers,
 )
 from xai_train.explain.visualize import overlay
 from xai_train.images import make_grid, to_unit_range
@@ -42,28 +45,53 @@ REPORT_METHODS: tuple[str, ...] = ("gradcam", *(name for name in CAM_METHODS if 
 
 Explain = Callable[[nn.Module, Tensor], Tensor]
 
+CLASS_GRADIENTS: tuple[str, ...] = ("saliency", "input_x_gradient")
+"""Non-CAM methods the report runs on a C-class classifier (the gradient of the predicted class's logit)."""
+
 
 def is_cam(method: str) -> bool:
     """True for the CAM suite's names (``gradcam`` included)."""
     return method == "gradcam" or method in CAM_METHODS
 
 
-def check_report_methods(methods: Sequence[str], single_logit: bool) -> list[str]:
-    """The method names, checked: CAMs for every model, any ``METHODS`` name for a single-logit D.
+def check_report_methods(methods: Sequence[str], single_logit: bool, *, hooks: bool = True) -> list[str]:
+    """The method names, checked: a single-logit D takes any ``METHODS`` name; a C-class classifier the CAMs
+    and the class-logit gradients :data:`CLASS_GRADIENTS`; a model without hooks (TorchScript) only the latter.
 
     Example:
         >>> check_report_methods(["all"], single_logit=False)[:3]
         ['gradcam', 'gradcampp', 'xgradcam']
     """
-    methods = [m for m in (REPORT_METHODS if list(methods) == ["all"] else methods) if single_logit or is_cam(m)]
-    allowed = sorted({"gradcam", *METHODS}) if single_logit else ["gradcam", *CAM_METHODS]
+    if single_logit:
+        allowed = sorted({"gradcam", *METHODS})
+    else:
+        allowed = (["gradcam", *CAM_METHODS] if hooks else []) + list(CLASS_GRADIENTS)
+    methods = [m for m in REPORT_METHODS if m in allowed] if list(methods) == ["all"] else list(methods)
     unknown = [m for m in methods if m not in allowed]
     if unknown or not methods:
-        kind = "a single-logit D" if single_logit else "a C-class classifier (CAMs only)"
+        kind = "a single-logit D" if single_logit else "a C-class classifier"
+        if not hooks:
+            kind += " run as TorchScript (its layers call no forward hooks, so CAMs cannot read activations)"
         raise ValueError(
             f"unknown or unsupported method(s) {unknown or methods} for {kind}; choose from: all, {', '.join(allowed)}"
         )
     return methods
+
+
+def class_gradient(model: nn.Module, images: Tensor, method: str) -> Tensor:
+    """|∂y_c/∂x| (``"saliency"``) or |x ⊙ ∂y_c/∂x| (``"input_x_gradient"``), max over channels, for each
+    image's predicted class c: (B, 1, H, W). Works on any model, TorchScript included.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> class_gradient(net, torch.randn(2, 1, 2, 2), "saliency").shape
+        torch.Size([2, 1, 2, 2])
+    """
+    x = images.detach().clone().requires_grad_(True)
+    with explaining(model):
+        (gradient,) = torch.autograd.grad(target_scores(model(x), None).sum(), x)
+    attributions = gradient if method == "saliency" else gradient * x.detach()
+    return reduce(attributions.abs(), "b c h w -> b 1 h w", "max")
 
 
 def layer_name(model: nn.Module, images: Tensor, layer: str | None) -> str:
@@ -93,6 +121,10 @@ def bound_explainer(method: str, layer: str, options: dict | None = None) -> Exp
         if is_cam(method):
             extra = {} if method == "fullgrad" else {"layer": dict(model.named_modules())[layer]}
             return cam(model, images, method, **extra, **options)
+        with torch.no_grad():
+            single_logit = model(images[:1]).reshape(1, -1).shape[1] == 1
+        if not single_logit:
+            return class_gradient(model, images, method)
         attributions = attribute(model, images, method, **options)
         return reduce(attributions.abs(), "b c h w -> b 1 h w", "max")
 
@@ -154,15 +186,16 @@ def score_method(
     scores = perturbation_metrics(model, images, maps, removal=removal, score=score, steps=steps, seed=seed)
     if masks is not None:
         scores |= localisation_metrics(maps, masks)
-    cascade = cascading_randomisation(model, images, explain, seed=seed)
+    layers = randomisable_layers(model)  # none in a TorchScript model: no cascade then
+    cascade = cascading_randomisation(model, images, explain, layers=layers, seed=seed) if layers else None
     few = images[:robustness_images]
 
     def channels(x: Tensor) -> Tensor:
         return explain(model, x).expand(-1, x.shape[1], -1, -1)
 
     out = {name: float(value.float().mean()) for name, value in scores.items()}
-    out["cascade_final"] = cascade.final
-    out["cascade_pass"] = float(cascade.passed)
+    out["cascade_final"] = cascade.final if cascade else float("nan")
+    out["cascade_pass"] = float(cascade.passed) if cascade else float("nan")
     out["infidelity"] = float(explanation_infidelity(model, few, channels, seed=seed).mean())
     out["sensitivity"] = float(explanation_sensitivity(few, channels, seed=seed).mean())
     return out
