@@ -6,12 +6,16 @@
 * :func:`saliency_grad_fn` — free saliency (method ``"grad"``): the mask taken from the generator's own
   backward, inside the gradient hook.
 * ``visualize`` — heat-map overlays and PNG grids.
+* :func:`cam`, :func:`all_cams` — the CAM suite for any model (``cams/``); ``quality/`` scores explanations;
+  :func:`galore_maps` — GALORE's counterfactual and deliberative maps of a classifier (DESIGN.md §8).
 """
 
 from xai_train.explain.attribute import METHODS, attribute, check_method
 from xai_train.explain.base import BN_MODES, OUTPUTS, ScoreModel, explaining, hook_counts, patch_feature_mask
+from xai_train.explain.cams import all_cams, cam
 from xai_train.explain.deeplift_check import check_deeplift
 from xai_train.explain.free import FREE_METHOD, saliency_grad_fn
+from xai_train.explain.galore import galore_maps
 from xai_train.explain.mask import (
     REDUCTIONS,
     SCOPES,
@@ -33,11 +37,14 @@ __all__ = [
     "SCOPES",
     "MaskResult",
     "ScoreModel",
+    "all_cams",
     "attribute",
+    "cam",
     "check_deeplift",
     "check_method",
     "colormap",
     "explaining",
+    "galore_maps",
     "gaussian_blur",
     "hook_counts",
     "mask_entropy",
