@@ -26,7 +26,8 @@ from diffusers import DDPMPipeline, DiffusionPipeline
 from einops import rearrange
 from safetensors.torch import load_file
 
-from xai_train.checkpoint import TRAINER_STATE_FILE, CheckpointError
+from xai_train.checkpoint import TRAINER_STATE_FILE, CheckpointError, list_checkpoints, read_state_file
+from xai_train.checkpoint.reading import check_model_file, read_record
 from xai_train.cli import run_main
 from xai_train.config import ConfigError, load_config
 from xai_train.config.diffusion import DiffusionExperiment
@@ -38,24 +39,35 @@ from xai_train.threads import configure_threads
 
 
 def checkpoint_folder(run_dir: Path, name: str) -> Path:
-    """``latest`` or ``step_<N>`` → the checkpoint folder of the run."""
-    folders = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    """``latest`` (the newest complete checkpoint) or ``step_<N>`` → the checkpoint folder of the run."""
+    folders = list_checkpoints(run_dir / "checkpoints")  # complete ones only (checkpoint.json written last)
     if name == "latest":
         if not folders:
-            raise CheckpointError(f"'{run_dir}/checkpoints' holds no step_<N> folder")
+            raise CheckpointError(
+                f"'{run_dir}/checkpoints' holds no complete checkpoint; train longer, or sample the exported "
+                "pipeline (leave out --checkpoint)"
+            )
         return folders[-1]
     folder = run_dir / "checkpoints" / name
-    if not (folder / TRAINER_STATE_FILE).is_file():
+    if "/" in name or not (folder / TRAINER_STATE_FILE).is_file():
         raise CheckpointError(f"'{folder}' is not a checkpoint; choose latest or one of: {[p.name for p in folders]}")
     return folder
+
+
+def load_weights(folder: Path, index: int, model: torch.nn.Module) -> None:
+    """Loads ``model.safetensors`` (index 0) or ``model_<index>.safetensors`` into ``model`` after checking its
+    tensor names and shapes; a truncated file or another architecture is a CheckpointError naming the folder."""
+    check_model_file(folder, index, model, [])
+    model.load_state_dict(load_file(folder / ("model.safetensors" if index == 0 else f"model_{index}.safetensors")))
 
 
 def pipeline_from_checkpoint(config: DiffusionExperiment, folder: Path) -> DiffusionPipeline:
     """Rebuilds the run's models from its config and loads a checkpoint (EMA weights when the run kept them)."""
     data, u, s = config.data, config.unet, config.scheduler
+    read_record(folder)  # every file checkpoint.json lists is there, with its recorded size
     unet = build_unet(data.image_size, data.channels, **dataclasses.asdict(u))  # UNetConfig = build_unet's options
-    unet.load_state_dict(load_file(folder / "model.safetensors"))  # Accelerate saves the first prepared model first
-    ema = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=True).get("ema")
+    load_weights(folder, 0, unet)  # Accelerate saves the first prepared model first
+    ema = read_state_file(folder / TRAINER_STATE_FILE).get("ema")
     if ema is not None:
         for param, shadow in zip(unet.parameters(), ema["shadow_params"], strict=True):
             param.data.copy_(shadow)
@@ -67,7 +79,7 @@ def pipeline_from_checkpoint(config: DiffusionExperiment, folder: Path) -> Diffu
     discriminator = TimeConditionedDiscriminator(
         data.channels, d.channels, d.time_dim, d.norm_groups, s.num_train_timesteps
     )
-    discriminator.load_state_dict(load_file(folder / "model_1.safetensors"))
+    load_weights(folder, 1, discriminator)
     return ImportanceDiffusionPipeline(
         unet,
         scheduler,
@@ -97,12 +109,19 @@ def main(argv: list[str] | None = None) -> Path:
     for flag, value, low in (("--num-images", args.num_images, 1), ("--steps", args.steps, 1), ("--eta", args.eta, 0)):
         if not value >= low:
             raise ConfigError(f"{flag}={value}: must be >= {low}")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out={args.out}: is a file; give a folder (it is created if missing)")
     if not args.run_dir.is_dir():
         raise ConfigError(
             f"run directory '{args.run_dir}' does not exist; give the folder of a trained run, e.g. runs/ddpm_digits"
         )
 
     config = load_config(DiffusionExperiment, args.run_dir / "config.yaml")
+    if args.steps > config.scheduler.num_train_timesteps:
+        raise ConfigError(
+            f"--steps={args.steps}: the run was trained with {config.scheduler.num_train_timesteps} noise levels; "
+            f"use at most that many DDIM steps"
+        )
     if args.checkpoint:
         pipeline = pipeline_from_checkpoint(config, checkpoint_folder(args.run_dir, args.checkpoint))
     else:

@@ -108,6 +108,32 @@ CLI_CASES = [
     ("train_gan", ["eval.metrics=[]"], ["eval.metrics=[]", "empty"]),
     ("train_gan", ["eval.metrics=[fd]", "eval.monitor=kid"], ["eval.monitor='kid'", "['fd']"]),
     ("train_gan", ["run.seed=-1"], ["run.seed=-1", ">= 0"]),
+    ("train_gan", ["data.name=mnist"], ["data.root=''", "set data.root=<folder with the MNIST IDX files"]),
+    ("train_gan", ["data.name=foo"], ["data.name='foo'", "digits, shapes"]),
+    ("train_gan", ["data.root={tmp}"], ["data.root=", "'digits' is built in and takes no root"]),
+    ("train_diffusion", ["data.name=cifar10"], ["data.root=''", "set data.root="]),
+    (
+        "train_gan",
+        ["xai.method=deeplift_shap", "xai.explainer_options={n_baselines: 0}"],
+        ["xai.explainer_options", "n_baselines must be None (the default) or a whole number >= 1; got 0"],
+    ),
+    (
+        "train_gan",
+        ["xai.method=lime", "xai.explainer_options={n_samples: -1}"],
+        ["xai.explainer_options", "n_samples must be a whole number >= 1; got -1"],
+    ),
+    (
+        "train_gan",
+        ["xai.method=integrated_gradients", "xai.explainer_options={n_steps: 0}"],
+        ["xai.explainer_options", "n_steps must be a whole number >= 1; got 0"],
+    ),
+    ("train_gan", ["xai.method=smoothgrad", "xai.explainer_options={stdevs: -1}"], ["stdevs=-1", "number >= 0"]),
+    ("train_gan", ["xai.method=saliency", "xai.explainer_options={abs: 'yes'}"], ["abs='yes'", "true or false"]),
+    (
+        "train_gan",
+        ["model.arch=paper_mlp", "xai.enabled=true", "xai.method=gradcam"],
+        ["xai.method='gradcam'", "model.arch='paper_mlp' has none", "model.arch=dcgan"],
+    ),
     ("train_gan", ["train.max_step=5"], ["unknown key 'train.max_step'", "max_steps"]),
     ("train_gan", ["train.betas=[0.5,"], ["train.betas=[0.5,", "not valid YAML"]),
     ("train_gan", ["--config", "{tmp}/latin1.yaml"], ["latin1.yaml", "not UTF-8"]),
@@ -130,6 +156,7 @@ CLI_CASES = [
     ("train_diffusion", ["--config", "{tmp}/binary.yaml"], ["binary.yaml", "not UTF-8"]),
     ("sample", ["{tmp}/no_such_run"], ["no_such_run", "does not exist"]),
     ("sample", ["{tmp}", "--steps", "0"], ["--steps=0", ">= 1"]),
+    ("sample", ["{tmp}", "--out", "{tmp}/binary.yaml"], ["--out=", "is a file; give a folder"]),
     ("ablate", ["{tmp}/binary.yaml"], ["binary.yaml", "not UTF-8"]),
     ("ablate", ["{tmp}/missing.yaml"], ["missing.yaml", "does not exist"]),
 ]
@@ -159,6 +186,10 @@ def test_valid_inputs_pass_the_same_checks():
     load_config(GANExperiment, overrides=["xai.alpha=-1", "data.image_size=64", "train.max_steps=1"])
     load_config(GANExperiment, overrides=["model.arch=paper_mlp", "xai.preset=reference", "xai.method=saliency"])
     load_config(GANExperiment, overrides=["xai.method=integrated_gradients", "xai.explainer_options={n_steps: 4}"])
+    load_config(GANExperiment, overrides=["xai.method=deeplift_shap", "xai.explainer_options={n_baselines: null}"])
+    load_config(GANExperiment, overrides=["xai.method=smoothgrad", "xai.explainer_options={stdevs: 0, abs: true}"])
+    load_config(GANExperiment, overrides=["model.arch=paper_mlp", "xai.enabled=true", "xai.method=fullgrad"])
+    load_config(GANExperiment, overrides=["data.name=mnist", "data.root=/data/mnist"])  # existence: checked at load
     load_config(DiffusionExperiment, overrides=["data.image_size=28", "importance_weight.method=deeplift"])
     for path in sorted((REPO / "configs").glob("*/*.yaml")):
         if path.parent.name == "gan":
@@ -369,3 +400,47 @@ def test_a_loop_that_never_advances_the_step_warns_once():
     assert len(caught_warnings(XAIGradientMask(alpha_warmup_steps=3), [0, 0])) == 1
     assert caught_warnings(XAIGradientMask(start_step=5), range(6)) == []  # a loop that advances it
     assert caught_warnings(XAIGradientMask(), [0] * 6) == []  # nothing depends on the step
+
+
+def test_sample_names_a_bad_checkpoint_or_pipeline(recipes, tmp_path, capsys):
+    """sample.py on a broken run: truncated weights, another width, an unsealed newer folder, a corrupt export."""
+    import yaml
+    from safetensors.torch import save_file
+
+    from xai_train.config import to_dict
+    from xai_train.diffusion.models import build_unet
+
+    small = ["unet.block_out_channels=[8, 8, 8]", "unet.norm_num_groups=4", "unet.layers_per_block=1"]
+    config = load_config(DiffusionExperiment, overrides=small)
+    run = tmp_path / "run"
+    (run / "pipeline").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(config)))
+    (run / "pipeline" / "model_index.json").write_text("{not json")
+    unet = build_unet(32, 1, block_out_channels=(8, 8, 8), norm_num_groups=4, layers_per_block=1)
+    wide = build_unet(32, 1, block_out_channels=(16, 16, 16), norm_num_groups=4, layers_per_block=1)
+    for step, model in ((1, unet), (2, wide), (3, unet)):
+        folder = run / "checkpoints" / f"step_{step}"
+        folder.mkdir(parents=True)
+        save_file(model.state_dict(), folder / "model.safetensors")
+        torch.save({"step": step}, folder / "trainer_state.pt")
+        (folder / "checkpoint.json").write_text('{"files": {}}')
+    (run / "checkpoints" / "step_3" / "model.safetensors").write_bytes(b"\0" * 100)  # truncated
+    (run / "checkpoints" / "step_4").mkdir()  # unsealed (a save cut short): never picked
+    (run / "checkpoints" / "step_foo").mkdir()
+
+    def one_line_error(*args: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(recipes["sample"].main, [str(run), "--num-images", "1", "--steps", "1", *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+        return err
+
+    assert "step_3: model.safetensors is truncated or corrupt" in one_line_error("--checkpoint", "latest")
+    err = one_line_error("--checkpoint", "step_2")
+    assert "'conv_in.weight' is (16, 1, 3, 3) in the checkpoint but (8, 1, 3, 3)" in err, err
+    assert "model_index.json' is corrupt" in one_line_error() and "--checkpoint latest" in one_line_error()
+    assert "--steps=5000" in one_line_error("--steps", "5000")
+    out = run / "sampled" / "seed0_steps1"
+    with pytest.raises(SystemExit) as exit_info:  # control: the intact checkpoint samples
+        run_main(recipes["sample"].main, [str(run), "--num-images", "1", "--steps", "1", "--checkpoint", "step_1"])
+    assert exit_info.value.code == 0 and (out / "samples.npz").is_file()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xai_train.config.core import ConfigError, check_choices, check_fields
+from xai_train.data.build import DATASET_NAMES, ROOT_CONTENTS
 
 EVAL_OUTPUTS: dict[str, tuple[str, ...]] = {"fd": ("fd",), "kid": ("kid",), "pr": ("precision", "recall")}
 """What each ``eval.metrics`` entry computes (the names ``eval.monitor`` can pick)."""
@@ -66,6 +67,16 @@ class DataConfig:
         check_fields(self, "must be 1 (grey) or 3 (RGB)", lambda v: v in (1, 3), "channels")
         check_fields(self, "must be >= 0 (0 = the whole dataset)", lambda v: v >= 0, "num_samples")
         check_fields(self, "must be in (0, 1] (the share of the data kept)", lambda v: 0 < v <= 1, "fraction")
+        check_fields(
+            self, f"unknown dataset; choose one of: {', '.join(DATASET_NAMES)}", DATASET_NAMES.__contains__, "name"
+        )
+        if self.name in ROOT_CONTENTS and not self.root:
+            raise ConfigError(
+                f"root='': dataset {self.name!r} reads local files; set data.root=<folder with "
+                f"{ROOT_CONTENTS[self.name]}>"
+            )
+        if self.name not in ROOT_CONTENTS and self.root:
+            raise ConfigError(f"root={self.root!r}: dataset {self.name!r} is built in and takes no root; remove it")
 
     def dataset_kwargs(self, seed: int) -> dict[str, Any]:
         """Keyword arguments of ``xai_train.data.build_dataset`` for this section."""

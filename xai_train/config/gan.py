@@ -5,6 +5,7 @@ Each field has a default and a short reason. The trainer reads ``GANTrainConfig`
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from xai_train.config.common import (
     unit_interval,
 )
 from xai_train.config.core import ConfigError, as_config_error, check_choices, check_fields
+from xai_train.explain.attribute import METHODS
 from xai_train.models.build import supported_sizes
 from xai_train.xaigan.options import check_xaigan_options
 
@@ -136,9 +138,17 @@ class GANExperiment:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        """Rules across sections: the architecture must build for the data's image size."""
+        """Rules across sections: the architecture must build for the data's image size, and a CAM needs
+        convolutional feature maps (the paper MLP has none)."""
         with as_config_error():
             check_gan_size(self.model.arch, self.data.image_size, self.data.channels)
+        xai = self.xai
+        if xai.enabled and self.model.arch == "paper_mlp" and "layer" not in xai.explainer_options:
+            if xai.method in METHODS and "layer" in inspect.signature(METHODS[xai.method]).parameters:
+                raise ConfigError(
+                    f"xai.method={xai.method!r}: a CAM needs (B, K, h, w) feature maps and model.arch='paper_mlp' has "
+                    "none; choose a pixel-space method (grad, saliency, deeplift_shap, ...) or model.arch=dcgan"
+                )
 
 
 def check_gan_size(arch: str, image_size: int, channels: int) -> None:

@@ -14,10 +14,12 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DiffusionPipeli
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from xai_train.checkpoint.reading import CheckpointError, first_line
 from xai_train.diffusion.discriminator import TimeConditionedDiscriminator
 from xai_train.diffusion.importance import DiscriminatorImportance, check_map_source
 from xai_train.diffusion.importance_schedule import NoiseScaleSchedule
 from xai_train.diffusion.sampler import ImportanceSampler, importance_ddim_sample
+from xai_train.errors import UserError
 
 
 class ImportanceDiffusionPipeline(DiffusionPipeline):
@@ -150,14 +152,23 @@ def load_pipeline(path: str | Path) -> DiffusionPipeline:
     index = path / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"'{path}' holds no exported pipeline (no model_index.json); train the run to the end")
-    saved = json.loads(index.read_text())
-    name = saved["_class_name"]
-    if name == "ImportanceDiffusionPipeline":
-        renamed = {"map_source": "x0"} if saved.get("map_source") == "x0_hat" else {}
-        return ImportanceDiffusionPipeline.from_pretrained(path, **renamed)
-    if name == "DDPMPipeline":
-        return DDPMPipeline.from_pretrained(path)
-    raise ValueError(f"'{path}' holds a {name}; expected DDPMPipeline or ImportanceDiffusionPipeline")
+    fix = "export it again, or sample a checkpoint of the run (recipes/sample.py <run> --checkpoint latest)"
+    try:
+        saved = json.loads(index.read_text())
+        name = saved["_class_name"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"'{index}' is corrupt ({first_line(error)}); {fix}") from error
+    if name not in ("ImportanceDiffusionPipeline", "DDPMPipeline"):
+        raise CheckpointError(f"'{path}' holds a {name}; expected DDPMPipeline or ImportanceDiffusionPipeline")
+    try:  # safetensors only: loading never unpickles
+        if name == "ImportanceDiffusionPipeline":
+            renamed = {"map_source": "x0"} if saved.get("map_source") == "x0_hat" else {}
+            return ImportanceDiffusionPipeline.from_pretrained(path, use_safetensors=True, **renamed)
+        return DDPMPipeline.from_pretrained(path, use_safetensors=True)
+    except (OSError, ValueError) as error:
+        if isinstance(error, (FileNotFoundError, UserError)):
+            raise
+        raise CheckpointError(f"cannot load the pipeline in '{path}' ({first_line(error)}); {fix}") from error
 
 
 def sample_pipeline(

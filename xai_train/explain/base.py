@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
+import numbers
 from collections.abc import Callable, Iterator
 
 import torch
@@ -176,6 +178,56 @@ def check_options(method: str, fn: Callable[..., Tensor], options: dict[str, obj
             f"explainer {method!r}: unknown option(s) {', '.join(unknown)}; "
             f"it takes: {', '.join(accepted) or 'no options'}"
         )
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()}
+    for name, value in options.items():
+        check_option_value(method, name, value, defaults[name])
+
+
+COUNT_OPTIONS = frozenset(
+    {
+        "n_steps",
+        "n_samples",
+        "nt_samples",
+        "n_baselines",
+        "perturbations_per_eval",
+        "chunk_size",
+        "batch_size",
+        "internal_batch_size",
+        "nt_samples_batch_size",
+        "patch",
+    }
+)
+"""Options that count something (steps, samples, a batch or patch size): a whole number >= 1."""
+POSITIVE_OPTIONS = frozenset({"eps", "kernel_width"})
+NON_NEGATIVE_OPTIONS = frozenset({"stdevs"})
+
+
+def check_option_value(method: str, name: str, value: object, default: object) -> None:
+    """Raises a UserError if an explainer option's value cannot work (checked before the first call).
+
+    Counts must be whole numbers >= 1 (``None`` where that is the default), flags ``True``/``False``,
+    ``eps``/``kernel_width`` finite numbers > 0 and ``stdevs`` a finite number >= 0.
+
+    Example:
+        >>> check_option_value("integrated_gradients", "n_steps", 0, 16)
+        Traceback (most recent call last):
+        ...
+        xai_train.errors.UserError: explainer 'integrated_gradients': n_steps must be a whole number >= 1; got 0
+    """
+    if value is None and default is None:
+        return
+    if name in COUNT_OPTIONS:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            allowed = "None (the default) or " if default is None else ""
+            raise UserError(f"explainer {method!r}: {name} must be {allowed}a whole number >= 1; got {value!r}")
+    elif isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"explainer {method!r}: {name}={value!r} must be true or false")
+    elif name in POSITIVE_OPTIONS or name in NON_NEGATIVE_OPTIONS:
+        low = "> 0" if name in POSITIVE_OPTIONS else ">= 0"
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not (value > 0 if name in POSITIVE_OPTIONS else value >= 0):
+            raise UserError(f"explainer {method!r}: {name}={value!r} must be a finite number {low}")
 
 
 def check_images(images: Tensor) -> None:
