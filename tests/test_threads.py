@@ -20,16 +20,18 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 @pytest.mark.parametrize(
     ("requested", "environ", "cpus", "threads", "source"),
     [
+        (None, {"OMP_WAIT_POLICY": "PASSIVE"}, 2, 2, "default"),  # a recipe: sleeping waiters, every core
+        (None, {"OMP_WAIT_POLICY": "passive"}, 16, 16, "default"),
         (None, {}, 1, 1, "default"),
-        (None, {}, 2, 1, "default"),  # the 2-core laptop that collapsed with 2 spinning threads
-        (None, {}, 7, 3, "default"),
-        (None, {"OMP_NUM_THREADS": "3"}, 16, 3, "OMP_NUM_THREADS"),
+        (None, {}, 2, 1, "default"),  # threads may spin (OpenMP's default): leave a core to other jobs
+        (None, {"OMP_WAIT_POLICY": "ACTIVE"}, 7, 3, "default"),
+        (None, {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "PASSIVE"}, 16, 3, "OMP_NUM_THREADS"),
         (None, {"OMP_NUM_THREADS": "4,2"}, 16, 4, "OMP_NUM_THREADS"),  # nested list: the outer team
         (None, {"OMP_NUM_THREADS": "junk"}, 16, 8, "default"),  # torch ignores it too
         (None, {THREADS_ENV: "5", "OMP_NUM_THREADS": "3"}, 16, 5, THREADS_ENV),
         (None, {THREADS_ENV: "auto", "OMP_NUM_THREADS": "3"}, 16, 8, "default"),
         ("6", {THREADS_ENV: "5", "OMP_NUM_THREADS": "3"}, 16, 6, "--threads"),
-        ("auto", {"OMP_NUM_THREADS": "3"}, 16, 8, "default"),
+        ("auto", {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "PASSIVE"}, 16, 16, "default"),
         (2, {}, 16, 2, "--threads"),
     ],
 )
@@ -46,14 +48,14 @@ def test_bad_counts_are_user_errors_naming_the_setting(requested, environ, where
         choose_threads(requested, environ=environ, cpus=4)
 
 
-def test_configure_sets_torch_and_keeps_an_existing_wait_policy():
+def test_configure_sets_torch_and_writes_no_environment():
     before = torch.get_num_threads()
     try:
         environ = {"OMP_WAIT_POLICY": "ACTIVE"}
         choice = configure_threads(1, environ=environ)
         assert torch.get_num_threads() == 1 == choice.threads
         assert environ == {"OMP_WAIT_POLICY": "ACTIVE"}
-        assert "1 of" in choice.describe() and "--threads" in choice.describe()
+        assert choice.describe().startswith("torch threads: 1 of ") and "--threads" in choice.describe()
     finally:
         torch.set_num_threads(before)
 

@@ -2,27 +2,27 @@
 
 torch's default is one OpenMP thread per core, and OpenMP threads spin while they wait for each other.
 On a 2-core machine with one other busy process that measured 2.26 s per demo step instead of 0.1 s: each
-parallel region waits for the thread that shares its core with the other job, and the spinning thread
-burns the time slices it would need. The recipes therefore call :func:`configure_threads` first:
+parallel region waits for the thread that shares its core with the other job, and the spinning threads
+burn the time slices it would need. ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) removes that: on
+the loaded 2-core development machine the demo step took 5.5 s with 2 spinning threads, 0.45 s with 2
+passive ones and 0.8–1.0 s with one thread (``recipes/benchmark.py --suite contention``, docs/benchmarks.md).
+
+OpenMP reads ``OMP_WAIT_POLICY`` once, when ``import torch`` loads it; setting it later does nothing to
+the running process (measured with torch 2.13's libgomp: 300 small matmuls with gaps took 16 s with the
+default policy or with the variable set after the import, 1.1 s with it set before). So every recipe sets
+it in its first lines, before anything imports torch, unless the environment already has a value, and
+then calls :func:`configure_threads`:
 
 1. ``--threads N`` (a recipe flag) or ``XAI_TRAIN_THREADS=N`` wins; ``auto`` means the default below;
 2. else ``OMP_NUM_THREADS``, if set, is respected (torch read it at import);
-3. else half the CPUs this process may run on, at least 1 (1 on a 2-core laptop): another job can take
-   the other half without stalling every parallel region.
-
-With more than one thread, ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep instead of spinning) is
-what keeps a contended step close to an idle one. OpenMP reads it once, when ``import torch`` loads it:
-setting it later has no effect on the running process (measured with torch 2.13's libgomp: 300 small
-matmuls with gaps took 16 s with the default policy or with the variable set after the import, 1.1 s
-with it set before). So every recipe sets it in its first lines, before it imports torch, unless the
-environment already has a value; :func:`configure_threads` sets it for the processes a recipe starts.
-``recipes/benchmark.py --suite contention`` measures each policy idle and beside a CPU-burning process.
+3. else every CPU this process may run on when ``OMP_WAIT_POLICY`` is ``PASSIVE`` (as the recipes set
+   it), and half of them (at least one) otherwise: spinning threads must leave room for other jobs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +50,7 @@ class ThreadChoice:
     def describe(self) -> str:
         """One line for a recipe's log, e.g. ``torch threads: 1 of 2 CPUs (default: ...)``."""
         why = {
-            "default": f"default: half the CPUs; change with --threads or {THREADS_ENV}",
+            "default": f"default; change with --threads or {THREADS_ENV}",
             "OMP_NUM_THREADS": "from OMP_NUM_THREADS",
         }.get(self.source, f"from {self.source}")
         return f"torch threads: {self.threads} of {self.cpus} CPUs ({why})"
@@ -91,7 +91,8 @@ def choose_threads(
 
     Args:
         requested: the recipe's ``--threads`` value (``None`` if not given; ``"auto"`` = the default).
-        environ: the environment (default ``os.environ``).
+        environ: the environment (default ``os.environ``); its ``OMP_WAIT_POLICY`` must be the one the
+            process started with (OpenMP read it then).
         cpus: CPUs available (default :func:`available_cpus`).
 
     Returns:
@@ -101,10 +102,10 @@ def choose_threads(
         UserError: (a ValueError) ``requested`` or ``XAI_TRAIN_THREADS`` is not a whole number >= 1 or ``auto``.
 
     Example:
-        >>> choose_threads(cpus=2, environ={}).threads  # a 2-core laptop: one thread
+        >>> choose_threads(cpus=2, environ={"OMP_WAIT_POLICY": "PASSIVE"}).threads  # as in a recipe
+        2
+        >>> choose_threads(cpus=2, environ={}).threads  # threads may spin: leave a core to other jobs
         1
-        >>> choose_threads(cpus=16, environ={}).threads
-        8
         >>> choose_threads(cpus=16, environ={"OMP_NUM_THREADS": "3"})
         ThreadChoice(threads=3, source='OMP_NUM_THREADS', cpus=16)
         >>> choose_threads("4", cpus=16, environ={"OMP_NUM_THREADS": "3"}).source
@@ -116,7 +117,8 @@ def choose_threads(
     """
     environ = os.environ if environ is None else environ
     cpus = available_cpus() if cpus is None else cpus
-    default = max(1, cpus // 2)
+    passive = environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+    default = cpus if passive else max(1, cpus // 2)
     if requested is not None:
         count = _parse(requested, "--threads")
         return ThreadChoice(default if count is None else count, "--threads" if count else "default", cpus)
@@ -132,30 +134,22 @@ def choose_threads(
     return ThreadChoice(default, "default", cpus)
 
 
-def configure_threads(
-    requested: str | int | None = None, *, environ: MutableMapping[str, str] | None = None
-) -> ThreadChoice:
-    """Applies :func:`choose_threads` to torch and sets ``OMP_WAIT_POLICY=PASSIVE`` for child processes.
-
-    Call it at the start of a recipe, before the first tensor operation. An ``OMP_WAIT_POLICY`` already
-    in the environment is kept.
+def configure_threads(requested: str | int | None = None, *, environ: Mapping[str, str] | None = None) -> ThreadChoice:
+    """Sets torch's intra-op thread count by :func:`choose_threads`. Call it first thing in a recipe.
 
     Args:
         requested: the recipe's ``--threads`` value, or ``None``.
-        environ: the environment to read and update (default ``os.environ``).
+        environ: the environment (default ``os.environ``); nothing is written to it.
 
     Returns:
         The choice (``choice.describe()`` is a log line).
 
     Example:
-        >>> before, environ = torch.get_num_threads(), {}
-        >>> choice = configure_threads(2, environ=environ)
-        >>> torch.get_num_threads(), choice.source, environ
-        (2, '--threads', {'OMP_WAIT_POLICY': 'PASSIVE'})
+        >>> before = torch.get_num_threads()
+        >>> configure_threads(2).threads, torch.get_num_threads()
+        (2, 2)
         >>> torch.set_num_threads(before)
     """
-    environ = os.environ if environ is None else environ
     choice = choose_threads(requested, environ=environ)
     torch.set_num_threads(choice.threads)
-    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return choice
