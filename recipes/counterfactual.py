@@ -3,6 +3,7 @@
     python recipes/counterfactual.py --classifier digits --generator runs/demo --method manifold
     python recipes/counterfactual.py --classifier digits --generator flow --method manifold     # RealNVP on 8×8 digits
     python recipes/counterfactual.py --classifier digits --generator runs/demo --method ganmex
+    python recipes/counterfactual.py --classifier digits --generator runs/demo --method ganmex --translator-steps 400
     python recipes/counterfactual.py --classifier digits --generator runs/demo --method attfind --layer project
     python recipes/counterfactual.py --classifier digits --generator runs/demo --method manifold --target 3 --steps 500
 
@@ -36,7 +37,7 @@ from xai_train.counterfactual import (
     train_flow,
 )
 from xai_train.counterfactual.attfind import attfind, channel_effects, channel_ranges, shifted_images
-from xai_train.counterfactual.ganmex import class_attribution, latent_baseline, simple_baselines
+from xai_train.counterfactual.ganmex import class_attribution, latent_baseline, simple_baselines, train_translator
 from xai_train.counterfactual.oracle import oracle_agreement, train_oracle
 from xai_train.counterfactual.report import heat, load_classifier, save_panel, write_rows
 from xai_train.data import build_dataset
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=8, help="AttFind: attributes per class")
     parser.add_argument(
         "--sim-weight", type=float, default=0.01, help="GANMEX: weight of ‖x − x̂‖₁ (paper: 1; see the docs)"
+    )
+    parser.add_argument(
+        "--translator-steps", type=int, default=0, help="GANMEX: train the amortised translator this long (0: latent)"
     )
     parser.add_argument("--attribution", default="integrated_gradients", help="GANMEX: explainer to compare")
     parser.add_argument("--flow-path", type=Path, default=Path("runs/flow_digits/flow.safetensors"))
@@ -191,21 +195,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     elif args.method == "ganmex":
         # Baselines for the predicted class: the closest realistic image the classifier calls the target class.
-        lr = args.lr or 0.05
         start = time.perf_counter()
-        latents = decoder.encode(images)
-        baseline = latent_baseline(
-            classifier,
-            decoder,
-            critic,
-            images,
-            targets,
-            latents=latents,
-            sim_weight=args.sim_weight,
-            lr=lr,
-            steps=args.steps,
-            progress=True,
-        )
+        if args.translator_steps > 0:  # the authors' amortised form: G(x, c) trained once for all images
+            translator = train_translator(
+                classifier, dataset.images, num_classes, steps=args.translator_steps, seed=args.seed, progress=True
+            )
+            with torch.no_grad():
+                baseline = translator(images, targets)
+        else:  # per-image search in the GAN's latent space
+            baseline = latent_baseline(
+                classifier,
+                decoder,
+                critic,
+                images,
+                targets,
+                latents=decoder.encode(images),
+                sim_weight=args.sim_weight,
+                lr=args.lr or 0.05,
+                steps=args.steps,
+                progress=True,
+            )
         elapsed = time.perf_counter() - start
         with torch.no_grad():
             baseline_class = classifier(baseline).argmax(dim=1)
@@ -223,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
                 {
                     "baseline": name,
                     "attribution": args.attribution,
+                    "form": f"translator ({args.translator_steps} steps)" if args.translator_steps else "latent",
                     "sim_weight": args.sim_weight,
                     "images": len(images),
                     "baseline_is_target": (baseline_class == targets).float().mean().item()

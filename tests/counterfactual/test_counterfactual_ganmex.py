@@ -112,3 +112,13 @@ def test_ganmex_baseline_puts_attribution_in_the_differing_part():
         assert mass["ganmex"] > max(mass["zero"], mass["blur"], mass["mean"]) + 0.05, (method, mass)
     random_mass = float(mass_inside(torch.rand(x.shape, generator=generator), m).mean())
     assert abs(random_mass - float(m.mean())) < 0.01
+
+
+def test_deeplift_shap_over_several_ganmex_baselines_is_their_deeplift_mean():
+    # DeepLiftShap with one image's GANMEX baselines (e.g. one per other class) = mean of DeepLift over them.
+    torch.manual_seed(0)
+    classifier = _parts_classifier().eval()
+    x, baselines = torch.rand(1, 1, 16, 16) * 2 - 1, torch.rand(3, 1, 16, 16) * 2 - 1
+    shap = class_attribution(classifier, x, 0, "deeplift_shap", baselines=baselines, n_baselines=3)
+    each = torch.cat([class_attribution(classifier, x, 0, "deeplift", baselines=b[None]) for b in baselines])
+    torch.testing.assert_close(shap, each.mean(dim=0, keepdim=True), atol=1e-5, rtol=1e-4)
