@@ -38,9 +38,10 @@ from xai_train.diffusion import (
     inference_pairs,
     signal_and_noise_levels,
 )
+from xai_train.errors import UserError
 from xai_train.explain import check_method
 
-MODES: tuple[str, ...] = ("pixel", "timesteps")
+MODES: tuple[str, ...] = ("pixel", "timesteps")  # checked by ImportanceNoiseConfig (its Literal)
 DEFAULTS = ImportanceNoiseConfig()  # one source of truth: the recipe's config and this callback agree
 
 
@@ -96,14 +97,41 @@ class ImportanceNoiseSchedule(Callback):
         log_every: int = 0,
         discriminator_key: str = "discriminator",
     ):
-        if mode not in MODES:
-            raise ValueError(f"ImportanceNoiseSchedule: unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+        try:  # the config section's checks: the CLI and the API accept and reject the same values
+            ImportanceNoiseConfig(
+                enabled=True,
+                mode=mode,
+                sharpness=sharpness,
+                midpoint=midpoint,
+                lambda_min=lambda_min,
+                lambda_max=lambda_max,
+                map_source=map_source,
+                method=method,
+                blur_sigma=blur_sigma,
+                num_buckets=num_buckets,
+                uniform_mix=uniform_mix,
+                decay=decay,
+                self_normalise=self_normalise,
+                update_every=update_every,
+            )
+        except UserError as error:
+            raise UserError(f"ImportanceNoiseSchedule: {error}") from None
+        if not isinstance(alphas_cumprod, Tensor) or alphas_cumprod.dim() != 1 or len(alphas_cumprod) < 2:
+            shape = tuple(getattr(alphas_cumprod, "shape", ()))
+            raise TypeError(
+                "ImportanceNoiseSchedule: alphas_cumprod must be the noise scheduler's 1-D tensor "
+                f"(scheduler.alphas_cumprod), got {type(alphas_cumprod).__name__} {shape}"
+            )
+        if not bool(((alphas_cumprod > 0) & (alphas_cumprod <= 1)).all()):
+            raise UserError(
+                "ImportanceNoiseSchedule: alphas_cumprod must lie in (0, 1] (finite); pass scheduler.alphas_cumprod"
+            )
         check_map_source(map_source)
         check_method(method, {})
-        if not (blur_sigma >= 0 and num_inference_steps >= 1 and update_every >= 1 and log_every >= 0):
-            raise ValueError(
-                "ImportanceNoiseSchedule: need blur_sigma >= 0, num_inference_steps >= 1, update_every >= 1 and "
-                f"log_every >= 0; got {blur_sigma}, {num_inference_steps}, {update_every} and {log_every}"
+        if not (num_inference_steps >= 1 and log_every >= 0):
+            raise UserError(
+                "ImportanceNoiseSchedule: need num_inference_steps >= 1 and log_every >= 0 (0 = never); "
+                f"got {num_inference_steps} and {log_every}"
             )
         self.alphas_cumprod = alphas_cumprod.detach().cpu()
         num_train_timesteps = len(self.alphas_cumprod)

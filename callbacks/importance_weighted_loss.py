@@ -25,6 +25,7 @@ from torch import Tensor
 from xai_train.callback import Callback, NoisePlan, TrainState
 from xai_train.config.diffusion import ImportanceWeightConfig
 from xai_train.diffusion import check_map_source, importance_map, importance_weights
+from xai_train.errors import UserError
 from xai_train.explain import check_method
 
 DEFAULTS = ImportanceWeightConfig()  # one source of truth: the recipe's config and this callback agree
@@ -70,16 +71,23 @@ class ImportanceWeightedLoss(Callback):
         discriminator_key: str = "discriminator",
         explain_options: dict[str, Any] | None = None,
     ):
+        try:  # the config section's checks: the CLI and the API accept and reject the same values
+            ImportanceWeightConfig(
+                enabled=True,
+                rule=rule,
+                alpha=alpha,
+                beta=beta,
+                map_source=map_source,
+                method=method,
+                blur_sigma=blur_sigma,
+                start_step=start_step,
+            )
+        except UserError as error:
+            raise UserError(f"ImportanceWeightedLoss: {error}") from None
         check_map_source(map_source, ("x_t", "x0"))
         check_method(method, explain_options or {})
-        if rule not in ("scale", "mean"):
-            raise ValueError(f"ImportanceWeightedLoss: unknown rule {rule!r}; choose one of: scale, mean")
-        if not (alpha > -1 and 0 <= beta < 1 and blur_sigma >= 0 and start_step >= 0 and log_every >= 0):
-            raise ValueError(
-                "ImportanceWeightedLoss: need alpha > -1 (else weights can be <= 0), 0 <= beta < 1, blur_sigma >= 0, "
-                f"start_step >= 0 and log_every >= 0; got alpha={alpha}, beta={beta}, blur_sigma={blur_sigma}, "
-                f"start_step={start_step}, log_every={log_every}"
-            )
+        if not log_every >= 0:
+            raise UserError(f"ImportanceWeightedLoss: log_every={log_every}: must be >= 0 (0 = never)")
         self.rule, self.alpha, self.beta = rule, alpha, beta
         self.map_source = map_source
         self.method = method

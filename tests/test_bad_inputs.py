@@ -275,6 +275,17 @@ def test_real_subprocesses(tmp_path):
         (lambda: XAIGradientMask("saliency", {"n_steps": 3}), TypeError, "explainer_options=.*n_steps"),
         (lambda: build_gan("dcgan", image_size=48, channels=1), ValueError, "supported sizes: 32, 64"),
         (lambda: to_mask(torch.rand(2, 3, 4)), ValueError, r"\(B, C, H, W\)"),
+        (lambda: to_mask(torch.rand(2, 1, 4, 4).numpy()), TypeError, "tensor of attributions, got ndarray"),
+        (lambda: XAIGradientMask("lime", {"n_samples": -1}), ValueError, "n_samples must be a whole number >= 1"),
+        (lambda: XAIGradientMask("saliency", {"abs": "no"}), ValueError, "abs='no' must be true or false"),
+        (lambda: DataConfig(name="mnist"), ConfigError, "set data.root=<folder with the MNIST IDX files"),
+        (
+            lambda: CallbackList([XAIGradientMask]),
+            TypeError,
+            r"got the class XAIGradientMask: pass XAIGradientMask\(...\)",
+        ),
+        (lambda: CallbackList([object()]), TypeError, "callbacks must be Callback instances"),
+        (lambda: CallbackList().append(XAIGradientMask), TypeError, "got the class XAIGradientMask"),
     ],
 )
 def test_api_bad_arguments(build, error, pattern):

@@ -227,6 +227,22 @@ def compose_grad_fns(fns: Iterable[GradFn]) -> GradFn | None:
     return composed
 
 
+def check_callback(callback: object) -> None:
+    """Raises a TypeError unless ``callback`` is a ``Callback`` instance (a class passed by mistake is named).
+
+    Example:
+        >>> check_callback(Callback)
+        Traceback (most recent call last):
+        ...
+        TypeError: callbacks must be Callback instances; got the class Callback: pass Callback(...)
+    """
+    if isinstance(callback, type):
+        name = callback.__name__
+        raise TypeError(f"callbacks must be Callback instances; got the class {name}: pass {name}(...)")
+    if not isinstance(callback, Callback):
+        raise TypeError(f"callbacks must be Callback instances (subclass xai_train.Callback); got {callback!r}")
+
+
 class CallbackList:
     """Dispatches hooks to callbacks in order and checkpoints their state.
 
@@ -239,6 +255,8 @@ class CallbackList:
 
     def __init__(self, callbacks: Iterable[Callback] = ()):
         self.callbacks: list[Callback] = list(callbacks)
+        for callback in self.callbacks:
+            check_callback(callback)
         keys = [cb.state_key for cb in self.callbacks if cb.state_key is not None]
         duplicated = sorted({k for k in keys if keys.count(k) > 1})
         if duplicated:
@@ -253,6 +271,9 @@ class CallbackList:
         return len(self.callbacks)
 
     def append(self, callback: Callback) -> None:
+        check_callback(callback)
+        if callback.state_key is not None and callback.state_key in [cb.state_key for cb in self.callbacks]:
+            raise ValueError(f"callbacks share the state_key '{callback.state_key}'; give each its own key")
         self.callbacks.append(callback)
 
     # --- hooks -------------------------------------------------------------------------------------

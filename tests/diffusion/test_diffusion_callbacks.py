@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,7 @@ from callbacks import ImportanceNoiseSchedule, ImportanceWeightedLoss
 from xai_train import Callback, CallbackList, NoisePlan, TrainState
 from xai_train.config.diffusion import ImportanceNoiseConfig, ImportanceWeightConfig
 from xai_train.diffusion import (
+    NoiseScaleSchedule,
     TimeConditionedDiscriminator,
     add_noise,
     training_target,
@@ -147,12 +150,27 @@ def test_callback_arguments_are_checked_and_defaults_are_the_configs():
     ):
         with pytest.raises(ValueError, match="'x0_hat' is now called 'x0'"):
             make()
-    with pytest.raises(ValueError, match="unknown explainer 'foo'"):
+    with pytest.raises(ValueError, match="ImportanceWeightedLoss: method='foo': unknown explainer"):
         ImportanceWeightedLoss(method="foo")
-    with pytest.raises(ValueError, match="unknown explainer 'foo'"):
+    with pytest.raises(ValueError, match="ImportanceNoiseSchedule: method='foo': unknown explainer"):
         ImportanceNoiseSchedule(alphas, method="foo")
-    with pytest.raises(ValueError, match="alpha > -1"):
+    with pytest.raises(ValueError, match=r"alpha=-2.0: must be > -1"):
         ImportanceWeightedLoss(rule="scale", alpha=-2.0)
+    # the same ranges as the config sections (one source of truth), NaN included
+    for make, pattern in (
+        (lambda: ImportanceWeightedLoss(alpha=math.nan), "alpha=nan"),
+        (lambda: ImportanceNoiseSchedule(alphas, sharpness=math.nan), "sharpness=nan: must be a finite number"),
+        (lambda: ImportanceNoiseSchedule(alphas, midpoint=5.0), r"midpoint=5.0: must be in \[0, 1\]"),
+        (
+            lambda: ImportanceNoiseSchedule(alphas, lambda_min=2.0, lambda_max=1.0),
+            "lambda_max=1.0: must be >= lambda_min",
+        ),
+        (lambda: ImportanceNoiseSchedule(alphas * 2), r"alphas_cumprod must lie in \(0, 1\]"),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            make()
+    with pytest.raises(TypeError, match="alphas_cumprod must be the noise scheduler's 1-D tensor"):
+        ImportanceNoiseSchedule(0.3)  # a value meant for another option
     with pytest.raises(TypeError):
         ImportanceWeightedLoss(alphas)  # every option is keyword-only
     weight, noise = ImportanceWeightedLoss(), ImportanceNoiseSchedule(alphas)
@@ -184,8 +202,10 @@ def test_noise_schedule_pixel_mode_sets_the_design_noise_scale(quadratic):
 
 def test_noise_schedule_warns_on_a_bad_schedule(setup):
     scheduler, _, state, _, _ = setup
+    callback = ImportanceNoiseSchedule(DDPMScheduler(1000).alphas_cumprod)
+    callback.schedule = NoiseScaleSchedule(1000, -100.0, 0.5, 0.25, 4.0)  # a decreasing schedule (no option builds it)
     with pytest.warns(UserWarning, match="step variance"):
-        ImportanceNoiseSchedule(DDPMScheduler(1000).alphas_cumprod, sharpness=-100.0).on_train_start(state)
+        callback.on_train_start(state)
 
 
 def test_curriculum_mode_draws_timesteps_with_importance_weights(setup):

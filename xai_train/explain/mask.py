@@ -105,6 +105,8 @@ def to_mask(
         >>> to_mask(torch.ones(2, 1, 2, 2)).degenerate.tolist()
         [True, True]
     """
+    if not isinstance(attributions, torch.Tensor):
+        raise TypeError(f"to_mask expects a (B, C, H, W) tensor of attributions, got {type(attributions).__name__}")
     if attributions.dim() != 4:
         raise UserError(f"to_mask expects (B, C, H, W) attributions, got shape {tuple(attributions.shape)}")
     if reduce not in REDUCTIONS:
