@@ -128,6 +128,14 @@ def rank_units(
 
     Returns:
         The :class:`UnitRanking`.
+
+    Example:
+        >>> from xai_train.generator.scorers import RareUnitScorer
+        >>> from xai_train.models import DCGANGenerator
+        >>> G = DCGANGenerator(image_size=32, channels=1, width=8)
+        >>> ranking = rank_units(G, "project.act", torch.randn(20, 100), RareUnitScorer(), flag_fraction=0.25)
+        >>> int(ranking.flagged.sum()), len(ranking.order)
+        (5, 32)
     """
     images, units = generate(generator, latents, layer, batch_size=batch_size, edits=corrections)
     sample_scores = scorer.sample_scores(images, units).cpu()
@@ -153,6 +161,15 @@ def sequential_correction(
 
     Returns:
         ``(corrections {layer: (K,) scale}, the ranking found at each layer)``.
+
+    Example:
+        >>> from xai_train.generator.scorers import RareUnitScorer
+        >>> from xai_train.models import DCGANGenerator
+        >>> G = DCGANGenerator(image_size=32, channels=1, width=8)
+        >>> corrections, _ = sequential_correction(G, ["project.act", "upsample.0.act"], torch.randn(20, 100),
+        ...                                        RareUnitScorer(), k=2)
+        >>> {layer: int((scale == 0).sum()) for layer, scale in corrections.items()}
+        {'project.act': 2, 'upsample.0.act': 2}
     """
     corrections: dict[str, Tensor] = {}
     rankings = []
@@ -167,7 +184,13 @@ def sequential_correction(
 
 
 def sample_metrics(real_features: Tensor, fake_features: Tensor, *, kid_subsets: int = 50) -> dict[str, float]:
-    """FD and KID of generated features against real ones (KID subsets clipped to the smaller set)."""
+    """FD and KID of generated features against real ones (KID subsets clipped to the smaller set).
+
+    Example:
+        >>> x = torch.randn(100, 4)
+        >>> abs(sample_metrics(x, x, kid_subsets=2)["fd"]) < 1e-6
+        True
+    """
     kid, kid_std = kernel_inception_distance(
         real_features, fake_features, subsets=kid_subsets, subset_size=min(1000, len(fake_features))
     )
@@ -193,10 +216,24 @@ def correction_metrics(
     Returns:
         ``fd_all``/``kid_all`` and ``fd_flagged``/``kid_flagged`` after the correction, and
         ``unflagged_change`` (mean |after − before| over unflagged pixels, images in [-1, 1]) and
-        ``flagged_change``.
+        ``flagged_change``. FD/KID of a subset with fewer than two samples are NaN.
+
+    Example:
+        >>> before = torch.zeros(4, 1, 2, 2)
+        >>> after = before.clone(); after[0] = 1
+        >>> flat = lambda x: x.flatten(1) + torch.arange(4.0)  # toy features
+        >>> flagged = torch.tensor([True, False, False, False])
+        >>> out = correction_metrics(before, after, flagged, torch.randn(8, 4), flat)
+        >>> out["flagged_change"], out["unflagged_change"]
+        (1.0, 0.0)
+        >>> out["fd_flagged"]  # one flagged sample: no covariance
+        nan
     """
     out = {}
     for subset, rows in (("all", slice(None)), ("flagged", flagged)):
+        if len(after[rows]) < 2:  # a covariance needs two samples
+            out.update({f"{name}_{subset}": float("nan") for name in ("fd", "kid", "kid_std")})
+            continue
         metrics = sample_metrics(real_features, features(after[rows]))
         out.update({f"{name}_{subset}": value for name, value in metrics.items()})
     change = (after - before).abs().mean(dim=(1, 2, 3))
@@ -236,6 +273,17 @@ def k_sweep(
 
     Returns:
         Rows ``{"k", "arm" ("none" | "top" | "random"), "seed", "units", metrics...}``; one ``"none"`` row (k=0).
+
+    Example:
+        >>> from xai_train.generator.scorers import RareUnitScorer
+        >>> from xai_train.models import DCGANGenerator
+        >>> G = DCGANGenerator(image_size=32, channels=1, width=8)
+        >>> z = torch.randn(40, 100)
+        >>> ranking = rank_units(G, "project.act", z, RareUnitScorer())
+        >>> features = lambda x: x.mean(dim=(2, 3))  # toy 1-d features
+        >>> rows = k_sweep(G, ranking, z, torch.randn(50, 1), features, ks=(1, 2), random_seeds=(0,))
+        >>> [(row["k"], row["arm"]) for row in rows]
+        [(0, 'none'), (1, 'top'), (2, 'top'), (1, 'random'), (2, 'random')]
     """
     fixed = {name: scale for name, scale in (corrections or {}).items() if name != ranking.layer}
     before, _ = generate(generator, latents, batch_size=batch_size, edits=fixed)

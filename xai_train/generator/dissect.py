@@ -32,7 +32,12 @@ MIN_IOU = 0.05  # the paper counts a unit for a concept above this IoU
 
 @torch.no_grad()
 def segment(segmenter: Segmenter, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Concept masks (N, K, H, W) bool of many images, in chunks."""
+    """Concept masks (N, K, H, W) bool of many images, in chunks.
+
+    Example:
+        >>> segment(lambda x: x > 0, torch.randn(5, 2, 4, 4), batch_size=2).shape
+        torch.Size([5, 2, 4, 4])
+    """
     return torch.cat([segmenter(chunk).bool().cpu() for chunk in images.split(batch_size)])
 
 
@@ -263,7 +268,28 @@ def add_unit_effects(
     batch_size: int = 256,
     progress: bool = False,
 ) -> Dissection:
-    """Fills ``ablate``/``insert``/``ace`` of ``result`` for single units (default: all; others stay NaN)."""
+    """Fills ``ablate``/``insert``/``ace`` of ``result`` for single units (default: all; others stay NaN).
+
+    Args:
+        result: what :func:`dissect` returned (modified in place and returned).
+        generator: the generator.
+        latents: (N, latent_dim) samples the effects are averaged over.
+        segmenter: images -> (B, C, H, W) bool.
+        units: the units to measure.
+        batch_size: images per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        ``result``.
+
+    Example:
+        >>> from xai_train.models import DCGANGenerator
+        >>> G = DCGANGenerator(image_size=32, channels=1, width=8)
+        >>> bright = lambda x: torch.cat([x < 0, x >= 0], dim=1)
+        >>> result, _, _ = dissect(G, "upsample.0.act", torch.randn(8, 100), bright, ["dark", "bright"])
+        >>> add_unit_effects(result, G, torch.randn(4, 100), bright, units=[0, 1]).ace[2:].isnan().all().item()
+        True
+    """
     num_units = result.iou.shape[0]
     units = list(range(num_units)) if units is None else list(units)
     effects = causal_effects(

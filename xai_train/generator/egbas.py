@@ -139,6 +139,14 @@ def region_constraints(
     Returns:
         ``(neurons (M,) bool, signs (M,) in {−1, 0, 1})``: every neuron of a supporting unit, and the signs
         of the query's pre-activations.
+
+    Example:
+        >>> from xai_train.models import DCGANGenerator
+        >>> G = DCGANGenerator(image_size=32, channels=1, width=8).eval()
+        >>> support = torch.zeros(32, dtype=torch.bool); support[0] = True
+        >>> neurons, signs = region_constraints(G, "project.norm", torch.randn(100), support)
+        >>> int(neurons.sum()), signs.shape  # unit 0's 4×4 neurons
+        (16, torch.Size([512]))
     """
     h = pre_activations(generator, pre_activation, query.reshape(1, -1))[0]
     per_unit = h.numel() // support.numel()
@@ -146,7 +154,16 @@ def region_constraints(
 
 
 def inside(generator: nn.Module, pre_activation: str, latents: Tensor, neurons: Tensor, signs: Tensor) -> Tensor:
-    """(N,) bool: the latents keep the sign of every constrained neuron."""
+    """(N,) bool: the latents keep the sign of every constrained neuron.
+
+    Example:
+        >>> from xai_train.models import DCGANGenerator
+        >>> G = DCGANGenerator(image_size=32, channels=1, width=8).eval()
+        >>> z = torch.randn(100)
+        >>> neurons, signs = region_constraints(G, "project.norm", z, torch.ones(32, dtype=torch.bool))
+        >>> inside(G, "project.norm", torch.stack([z, -z]), neurons, signs).tolist()  # -z flips every sign
+        [True, False]
+    """
     h = pre_activations(generator, pre_activation, latents)
     return ((torch.sign(h) == signs) | ~neurons).all(dim=1)
 
@@ -198,6 +215,12 @@ def affine_edge_distance(
 
     Returns:
         (B,) ``min_i −h_i(start) / (A·d)_i`` over constrained neurons moving toward zero, capped at ``radius``.
+
+    Example:
+        >>> A, b = torch.eye(2), torch.tensor([-1.0, 0.0])  # h = (z1 − 1, z2); the query (2, 1) has signs (+, +)
+        >>> start, signs = torch.tensor([[2.0, 1.0]]), torch.ones(2)
+        >>> affine_edge_distance(A, b, start, torch.tensor([[-1.0, 0.0]]), torch.ones(2, dtype=torch.bool), signs, 9.0)
+        tensor([1.])
     """
     h = start @ jacobian.T + offset  # (B, M)
     rate = directions @ jacobian.T
@@ -207,7 +230,15 @@ def affine_edge_distance(
 
 
 def affine_map(generator: nn.Module, pre_activation: str, latent_dim: int) -> tuple[Tensor, Tensor]:
-    """``(A (M, d), b (M,))`` of a layer affine in z (checked on random points; raises if it is not)."""
+    """``(A (M, d), b (M,))`` of a layer affine in z (checked on random points; raises if it is not).
+
+    Example:
+        >>> from xai_train.models import DCGANGenerator
+        >>> G = DCGANGenerator(image_size=32, channels=1, width=8).eval()
+        >>> A, b = affine_map(G, "project.norm", 100)
+        >>> A.shape, b.shape
+        (torch.Size([512, 100]), torch.Size([512]))
+    """
     basis = torch.cat([torch.zeros(1, latent_dim), torch.eye(latent_dim)])
     h = pre_activations(generator, pre_activation, basis)
     offset, jacobian = h[0], (h[1:] - h[0]).T
@@ -264,6 +295,15 @@ def explore(
 
     Returns:
         The :class:`Exploration`.
+
+    Example:
+        >>> from xai_train.models import DCGANGenerator
+        >>> G = DCGANGenerator(image_size=32, channels=1, width=8).eval()
+        >>> z = torch.randn(100)
+        >>> neurons, signs = region_constraints(G, "project.norm", z, torch.ones(32, dtype=torch.bool))
+        >>> result = explore(G, "project.norm", z, neurons, signs, num_samples=4)
+        >>> len(result.tree), bool(inside(G, "project.norm", result.tree, neurons, signs).all())
+        (5, True)
     """
     rng = torch.Generator().manual_seed(seed)
 

@@ -23,7 +23,12 @@ _CHUNK_ELEMENTS = 2**23  # ~32 MB of float32 per matmul operand: fast on a CPU, 
 
 
 def upsample(units: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """Unit maps (B, K, h, w) resized to the image size (B, K, H, W) (bilinear, as in the paper)."""
+    """Unit maps (B, K, h, w) resized to the image size (B, K, H, W) (bilinear, as in the paper).
+
+    Example:
+        >>> upsample(torch.ones(1, 2, 4, 4), (8, 8)).shape
+        torch.Size([1, 2, 8, 8])
+    """
     if tuple(units.shape[-2:]) == tuple(size):
         return units
     align = False if mode in ("bilinear", "bicubic") else None
@@ -137,6 +142,11 @@ def candidate_counts(units: Tensor, masks: Tensor, candidates: Tensor, mode: str
 
     Returns:
         ``{"intersection": (T, K, C), "unit_area": (T, K, 1), "concept_area": (C,), "pixels": ...}``.
+
+    Example:
+        >>> units, masks = torch.rand(2, 3, 4, 4), torch.rand(2, 1, 4, 4) > 0.5
+        >>> candidate_counts(units, masks, torch.rand(5, 3))["intersection"].shape
+        torch.Size([5, 3, 1])
     """
     t, k = candidates.shape
     flat = rearrange(candidates, "t k -> (t k)")

@@ -54,7 +54,15 @@ def rows_grid(rows: Sequence[Tensor]) -> Tensor:
 
 
 def write_images(out: str | Path, images: Mapping[str, Tensor], tensorboard: bool = True, tag: str = "") -> None:
-    """Saves each (3, H, W) image in [0, 1] as ``out/<name>.png`` and, optionally, in ``out/tensorboard``."""
+    """Saves each (3, H, W) image in [0, 1] as ``out/<name>.png`` and, optionally, in ``out/tensorboard``.
+
+    Example:
+        >>> import os, tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> write_images(out, {"grid": torch.zeros(3, 4, 4)}, tensorboard=False)
+        >>> os.listdir(out)
+        ['grid.png']
+    """
     out = Path(out)
     for name, image in images.items():
         save_png(image, out / f"{name}.png")
@@ -85,7 +93,14 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str],
 
 
 def write_csv(rows: Sequence[Mapping[str, object]], path: str | Path) -> Path:
-    """Rows (dicts with the same keys) as CSV."""
+    """Rows (dicts with the same keys) as CSV.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = write_csv([{"k": 1, "fd": 2.5}], os.path.join(tempfile.mkdtemp(), "t.csv"))
+        >>> path.read_text().splitlines()
+        ['k,fd', '1,2.5']
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
@@ -96,7 +111,13 @@ def write_csv(rows: Sequence[Mapping[str, object]], path: str | Path) -> Path:
 
 
 def class_agreement(classifier: torch.nn.Module, query: Tensor, samples: Tensor) -> float:
-    """Share of ``samples`` (N, C, H, W) the classifier labels like ``query`` (1, C, H, W)."""
+    """Share of ``samples`` (N, C, H, W) the classifier labels like ``query`` (1, C, H, W).
+
+    Example:
+        >>> brightness = lambda x: torch.stack([-x.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3))], dim=1)
+        >>> class_agreement(brightness, torch.ones(1, 1, 2, 2), torch.tensor([1.0, 1.0, -1.0, 1.0]).view(4, 1, 1, 1))
+        0.75
+    """
     with torch.no_grad():
         label = classifier(query).argmax(dim=1)
         return (classifier(samples).argmax(dim=1) == label).float().mean().item()

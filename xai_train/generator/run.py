@@ -49,6 +49,13 @@ def checkpoint_folder(run_dir: Path, name: str) -> Path:
 
     Raises:
         CheckpointError: no such checkpoint (the message lists the ones there are).
+
+    Example:
+        >>> try:
+        ...     checkpoint_folder(Path("/nonexistent"), "latest")
+        ... except CheckpointError as err:
+        ...     print(err)
+        '/nonexistent/checkpoints' holds no step_<N> folder; is '/nonexistent' a GAN run?
     """
     folders = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
     if name == "latest":
@@ -73,6 +80,18 @@ def load_gan_run(path: str | Path, checkpoint: str = "latest") -> GANRun:
 
     Raises:
         CheckpointError: no config.yaml, no checkpoint, or weights that do not fit the config's model.
+
+    Example:
+        >>> import tempfile
+        >>> from xai_train.config import save_config
+        >>> from xai_train.config.gan import GANModelConfig
+        >>> run_dir = Path(tempfile.mkdtemp())
+        >>> save_config(GANExperiment(model=GANModelConfig(g_width=8, d_width=8)), run_dir / "config.yaml")
+        >>> G, _ = build_gan("dcgan", image_size=32, channels=1, g_width=8, d_width=8)
+        >>> folder = save_generator_folder(G, run_dir, run_dir / "corrected")
+        >>> run = load_gan_run(folder)
+        >>> torch.equal(run.generator.project.conv.weight, G.project.conv.weight), run.discriminator
+        (True, None)
     """
     path = Path(path)
     if not (path / "config.yaml").is_file():
@@ -111,6 +130,9 @@ def save_generator_folder(generator: nn.Module, run_dir: str | Path, out: str | 
 
     Returns:
         ``out``.
+
+    Example:
+        See :func:`load_gan_run`.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,14 @@ def train_artifact_classifier(
 
 
 def save_artifact_classifier(model: ArtifactClassifier, path: str | Path, **info: object) -> Path:
-    """Writes ``<path>.safetensors`` and ``<path>.json`` (architecture and ``info``); returns the weights path."""
+    """Writes ``<path>.safetensors`` and ``<path>.json`` (architecture and ``info``); returns the weights path.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = save_artifact_classifier(ArtifactClassifier(1, width=4), os.path.join(tempfile.mkdtemp(), "s"))
+        >>> path.name, load_artifact_classifier(path).width
+        ('s.safetensors', 4)
+    """
     weights, meta = Path(path).with_suffix(".safetensors"), Path(path).with_suffix(".json")
     weights.parent.mkdir(parents=True, exist_ok=True)
     for target, write in (
@@ -131,6 +138,13 @@ def load_artifact_classifier(path: str | Path) -> ArtifactClassifier:
 
     Raises:
         ValueError: the files are missing or do not hold an artifact classifier.
+
+    Example:
+        >>> try:
+        ...     load_artifact_classifier("/nonexistent/scorer")
+        ... except ValueError as err:
+        ...     print(str(err).split(";")[0])
+        scorer checkpoint /nonexistent/scorer.safetensors not found
     """
     weights, meta = Path(path).with_suffix(".safetensors"), Path(path).with_suffix(".json")
     for needed in (weights, meta):

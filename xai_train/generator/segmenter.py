@@ -163,6 +163,15 @@ def load_or_train_segmenter(
 
     Returns:
         The segmenter (eval mode); ``segmenter.accuracy`` is its held-out pixel accuracy.
+
+    Example:
+        >>> import tempfile
+        >>> cache = tempfile.mkdtemp()
+        >>> recipe = SegmenterRecipe(width=2, steps=1, batch_size=4)
+        >>> seg = load_or_train_segmenter("shapes", image_size=8, recipe=recipe, cache_dir=cache)
+        >>> again = load_or_train_segmenter("shapes", image_size=8, recipe=recipe, cache_dir=cache)  # from the cache
+        >>> again.concepts, torch.equal(seg.head[-1].weight, again.head[-1].weight)
+        (('background', 'circle', 'square', 'triangle'), True)
     """
     from xai_train.data import build_dataset
     from xai_train.metrics import default_cache_dir
