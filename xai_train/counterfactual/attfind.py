@@ -138,6 +138,10 @@ class AttFindResult:
         mean_effects: (k,) mean target-logit change over the images not yet explained when it was picked.
         explained: (k,) how many images each pick explained.
         stable: (N,) bool, images kept by the stability filter.
+
+    Example:
+        >>> attfind(torch.zeros(2, 3, 2, 1), 0, top_k=1).stable.tolist()
+        [True, True]
     """
 
     channels: Tensor

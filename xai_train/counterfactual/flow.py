@@ -25,6 +25,12 @@ class AffineCoupling(nn.Module):
     Args:
         mask: (D,) of 0/1; 1 marks the conditioning coordinates.
         hidden: width of the two hidden layers of the (s, t) network.
+
+    Example:
+        >>> coupling = AffineCoupling(torch.tensor([1.0, 0.0]), hidden=4)
+        >>> y, logdet = coupling(torch.ones(3, 2))  # starts as the identity
+        >>> y.tolist()[0], logdet.tolist()
+        ([1.0, 1.0], [0.0, 0.0, 0.0])
     """
 
     def __init__(self, mask: Tensor, hidden: int) -> None:

@@ -159,7 +159,16 @@ class Critic(nn.Module):
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator) -> Tensor:
-    """WGAN-GP: E[(‖∇D(x̃)‖₂ − 1)²] at random interpolates x̃ of real and fake images."""
+    """WGAN-GP: E[(‖∇D(x̃)‖₂ − 1)²] at random interpolates x̃ of real and fake images.
+
+    Example:
+        >>> critic = nn.Sequential(nn.Flatten(), nn.Linear(4, 1, bias=False))
+        >>> with torch.no_grad():
+        ...     _ = critic[1].weight.fill_(0.5)  # ‖∇D‖ = 1 everywhere: no penalty
+        >>> x = torch.zeros(2, 1, 2, 2)
+        >>> gradient_penalty(critic, x, x + 1, torch.Generator().manual_seed(0)).item()
+        0.0
+    """
     mix = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device)
     between = (mix * real + (1 - mix) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(between).sum(), between, create_graph=True)

@@ -26,6 +26,10 @@ class LatentDecoder(nn.Module):
 
     Attributes:
         exact_inverse: True if ``encode`` is exact (a flow), False if it is an optimisation (a GAN).
+
+    Example:
+        >>> LatentDecoder().exact_inverse
+        False
     """
 
     exact_inverse: bool = False
@@ -92,6 +96,10 @@ class Inversion:
         latents: (B, latent_dim).
         mse: (B,) final reconstruction MSE per image.
         steps: (B,) steps each image took (the cap where it did not converge).
+
+    Example:
+        >>> Inversion(torch.zeros(1, 2), torch.zeros(1), torch.zeros(1, dtype=torch.long)).steps.tolist()
+        [0]
     """
 
     latents: Tensor

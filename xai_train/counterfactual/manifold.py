@@ -35,6 +35,12 @@ class CounterfactualResult:
         heatmaps: (B, H, W) |x − x′| summed over channels.
         latents: (B, ...) final latents (None for a pixel-space search).
         trajectory: (T, B, C, H, W) images every ``record_every`` steps (first: the start), or None.
+
+    Example:
+        >>> f = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> result = pixel_adversarial(f, torch.zeros(1, 1, 2, 2), 1, max_steps=4, record_every=2)
+        >>> result.trajectory.shape[1:], result.heatmaps.shape
+        (torch.Size([1, 1, 2, 2]), torch.Size([1, 2, 2]))
     """
 
     originals: Tensor

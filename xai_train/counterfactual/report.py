@@ -110,6 +110,12 @@ def save_panel(rows: Sequence[tuple[str, Tensor]], path: str | Path, captions: S
 
     Returns:
         ``path``.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> path = os.path.join(tempfile.mkdtemp(), "panel.png")
+        >>> save_panel([("x", torch.zeros(2, 1, 4, 4)), ("x'", torch.ones(2, 1, 4, 4))], path, ["a", "b"]).name
+        'panel.png'
     """
     import matplotlib
 
