@@ -129,11 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
         if critic is None and args.method == "ganmex":
             raise UserError(f"'{args.generator}' holds no discriminator: GANMEX needs D as its realism critic")
         dataset_name, image_size, channels = data.name, data.image_size, data.channels
-        decoder = GANDecoder(G, max_steps=args.inversion_steps)
+        decoder = GANDecoder(G, max_steps=args.inversion_steps, progress=True)
         out = args.out or Path(args.generator) / "counterfactual" / args.method
     classifier = load_classifier(args.classifier, image_size, channels)
     dataset = build_dataset(dataset_name, image_size=image_size, channels=channels)
-    num_classes = classifier(dataset.images[:1]).shape[1]
+    with torch.no_grad():
+        num_classes = classifier(dataset.images[:1]).shape[1]
     if args.target is not None and not 0 <= args.target < num_classes:
         raise UserError(f"unknown target class {args.target}; the classifier has classes 0..{num_classes - 1}")
     pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[: args.num_images]

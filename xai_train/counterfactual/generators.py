@@ -178,6 +178,7 @@ class GANDecoder(LatentDecoder):
         max_steps: step cap of the inversion (5000 in the paper; lower it on a CPU).
         lr: inversion learning rate.
         mse_tol: inversion stopping MSE.
+        progress: show a tqdm bar while inverting.
 
     Example:
         >>> from xai_train.models import build_gan
@@ -186,11 +187,18 @@ class GANDecoder(LatentDecoder):
         torch.Size([2, 1, 32, 32])
     """
 
-    def __init__(self, generator: nn.Module, max_steps: int = 5000, lr: float = 0.1, mse_tol: float = 1e-2) -> None:
+    def __init__(
+        self,
+        generator: nn.Module,
+        max_steps: int = 5000,
+        lr: float = 0.1,
+        mse_tol: float = 1e-2,
+        progress: bool = False,
+    ) -> None:
         super().__init__()
         self.generator = generator.eval().requires_grad_(False)
         self.latent_dim = int(generator.latent_dim)
-        self.max_steps, self.lr, self.mse_tol = max_steps, lr, mse_tol
+        self.max_steps, self.lr, self.mse_tol, self.progress = max_steps, lr, mse_tol, progress
         self.last_inversion: Inversion | None = None
 
     def train(self, mode: bool = True) -> GANDecoder:
@@ -203,6 +211,12 @@ class GANDecoder(LatentDecoder):
 
     def encode(self, images: Tensor) -> Tensor:
         self.last_inversion = invert_generator(
-            self.generator, images, self.latent_dim, lr=self.lr, mse_tol=self.mse_tol, max_steps=self.max_steps
+            self.generator,
+            images,
+            self.latent_dim,
+            lr=self.lr,
+            mse_tol=self.mse_tol,
+            max_steps=self.max_steps,
+            progress=self.progress,
         )
         return self.last_inversion.latents
