@@ -20,14 +20,17 @@ generator.pt2, which ``torch.export.load(path).module()`` runs without this proj
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads OpenMP (see xai_train/threads.py)
+
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from xai_train.checkpoint import CheckpointError
-from xai_train.config import ConfigError
-from xai_train.data import DataError, build_dataset, load_image_folder
+from xai_train.cli import run_main
+from xai_train.data import build_dataset, load_image_folder
+from xai_train.errors import UserError
 from xai_train.explain import METHODS
 from xai_train.generator.bake import bake_target, bake_unit_scale, export_generator
 from xai_train.generator.correct import (
@@ -51,6 +54,7 @@ from xai_train.generator.scorers import (
 from xai_train.generator.units import generate, sample_latents
 from xai_train.images import save_png, to_unit_range
 from xai_train.metrics import ClassifierRecipe, domain_feature_extractor, extract_features
+from xai_train.threads import configure_threads
 
 
 def build_scorer(args: argparse.Namespace, run, data):
@@ -59,15 +63,15 @@ def build_scorer(args: argparse.Namespace, run, data):
         return RareUnitScorer(max_frequency=args.rare_frequency)
     if args.scorer == "d":
         if run.discriminator is None:
-            raise ValueError(f"'{args.run_dir}' holds no discriminator; --scorer d needs a training checkpoint")
+            raise UserError(f"'{args.run_dir}' holds no discriminator; --scorer d needs a training checkpoint")
         return cam_scorer(NegatedDiscriminator(run.discriminator), method=args.cam, cam_threshold=args.cam_threshold)
     if not args.scorer_checkpoint:
-        raise ValueError("--scorer classifier needs --scorer-checkpoint PATH (train one with --train-scorer FOLDER)")
+        raise UserError("--scorer classifier needs --scorer-checkpoint PATH (train one with --train-scorer FOLDER)")
     if args.train_scorer:
         folder = load_image_folder(args.train_scorer, image_size=data.image_size, channels=data.channels,
                                    class_folders=True)  # fmt: skip
         if set(folder.class_names) != {"flawed", "normal"}:
-            raise ValueError(f"{args.train_scorer} must hold exactly flawed/ and normal/, got {folder.class_names}")
+            raise UserError(f"{args.train_scorer} must hold exactly flawed/ and normal/, got {folder.class_names}")
         flawed = folder.labels == folder.class_names.index("flawed")
         model, accuracy = train_artifact_classifier(folder.images, flawed, seed=args.seed)
         save_artifact_classifier(model, args.scorer_checkpoint, accuracy=accuracy, images=len(flawed))
@@ -99,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", default="latest", help="'latest' or step_<N>")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     args = parser.parse_args(argv)
+    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else every CPU (waiting threads sleep)
 
     run = load_gan_run(args.run_dir, args.checkpoint)
     G, data = run.generator, run.config.data
@@ -179,8 +185,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, CheckpointError, DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)  # a user error: one "error: ..." line, exit code 2 (--debug: traceback)

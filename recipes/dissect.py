@@ -13,21 +13,24 @@ map), edits.png (per concept: samples, its top units ablated, inserted), tensorb
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads OpenMP (see xai_train/threads.py)
+
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from xai_train.checkpoint import CheckpointError
-from xai_train.config import ConfigError
+from xai_train.cli import run_main
 from xai_train.generator.dissect import THRESHOLD_MODES, add_unit_effects, causal_effects, dissect
 from xai_train.generator.report import markdown_table, rows_grid, unit_grid, write_images
 from xai_train.generator.run import load_gan_run
 from xai_train.generator.segmenter import SegmenterRecipe, load_or_train_segmenter
 from xai_train.generator.units import UnitEdit, find_layer, generate, sample_latents
+from xai_train.threads import configure_threads
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,7 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     args = parser.parse_args(argv)
+    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else every CPU (waiting threads sleep)
 
     run = load_gan_run(args.run_dir, args.checkpoint)
     G, data = run.generator, run.config.data
@@ -123,8 +128,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)  # a user error: one "error: ..." line, exit code 2 (--debug: traceback)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from xai_train.errors import UserError
 from xai_train.generator.units import find_layer
 
 HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout)  # f(s·x) = s·f(x) for s >= 0 (Dropout: eval)
@@ -29,14 +30,14 @@ def _previous_sibling(generator: nn.Module, name: str) -> str:
     parent_name, _, child = name.rpartition(".")
     parent = generator.get_submodule(parent_name) if parent_name else generator
     if not isinstance(parent, nn.Sequential):
-        raise ValueError(
+        raise UserError(
             f"cannot bake into layer {name!r}: its parent {type(parent).__name__} is not an nn.Sequential, so the "
             "module that produces its input is unknown; bake at a conv or BatchNorm layer instead"
         )
     children = list(parent._modules)
     index = children.index(child)
     if index == 0:
-        raise ValueError(
+        raise UserError(
             f"cannot bake into layer {name!r}: it is the first module of {parent_name or 'the generator'}; "
             "bake at a conv or BatchNorm layer instead"
         )
@@ -54,7 +55,7 @@ def bake_target(generator: nn.Module, layer: str) -> str:
         The name of a ``BatchNorm2d``, ``Conv2d`` or ``ConvTranspose2d``.
 
     Raises:
-        ValueError: the path back crosses a module that is not positively homogeneous (e.g. Tanh).
+        UserError: the path back crosses a module that is not positively homogeneous (e.g. Tanh).
 
     Example:
         >>> from xai_train.models import DCGANGenerator
@@ -69,10 +70,10 @@ def bake_target(generator: nn.Module, layer: str) -> str:
             return name
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             if module.groups != 1:
-                raise ValueError(f"cannot bake into {name!r}: grouped convolutions (groups={module.groups})")
+                raise UserError(f"cannot bake into {name!r}: grouped convolutions (groups={module.groups})")
             return name
         if not isinstance(module, HOMOGENEOUS):
-            raise ValueError(
+            raise UserError(
                 f"cannot bake a unit scale of layer {layer!r} through {name!r} ({type(module).__name__}): only "
                 "ReLU/LeakyReLU/Identity commute with a positive scale; choose a layer after a conv or BatchNorm"
             )
@@ -95,7 +96,7 @@ def bake_unit_scale(generator: nn.Module, layer: str, scale: Tensor) -> nn.Modul
         The corrected copy (same class, same state-dict keys).
 
     Raises:
-        ValueError: negative scales, a wrong length, or a layer the scale cannot be moved back from.
+        UserError: negative scales, a wrong length, or a layer the scale cannot be moved back from.
 
     Example:
         >>> from xai_train.generator.units import UnitEdit, edit_units
@@ -110,13 +111,13 @@ def bake_unit_scale(generator: nn.Module, layer: str, scale: Tensor) -> nn.Modul
     """
     scale = torch.as_tensor(scale, dtype=torch.float32).flatten()
     if (scale < 0).any():
-        raise ValueError(f"bake_unit_scale: scales must be >= 0 (a ReLU only commutes with those), got {scale.min()}")
+        raise UserError(f"bake_unit_scale: scales must be >= 0 (a ReLU only commutes with those), got {scale.min()}")
     target = bake_target(generator, layer)
     baked = copy.deepcopy(generator)
     module = baked.get_submodule(target)
     channels = module.num_features if isinstance(module, nn.BatchNorm2d) else module.out_channels
     if scale.numel() != channels:
-        raise ValueError(f"bake_unit_scale: layer {layer!r} has {channels} units, got {scale.numel()} scales")
+        raise UserError(f"bake_unit_scale: layer {layer!r} has {channels} units, got {scale.numel()} scales")
     s = scale.to(module.weight)
     if isinstance(module, nn.BatchNorm2d):
         module.weight.mul_(s)

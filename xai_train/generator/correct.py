@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from xai_train.errors import UserError
 from xai_train.generator.units import generate
 from xai_train.metrics import frechet_distance_from_features, kernel_inception_distance
 
@@ -68,7 +69,7 @@ def suppression_scale(num_units: int, units: Sequence[int], strength: float = 1.
         [1.0, 1.0, 0.25, 1.0]
     """
     if not 0 <= strength <= 1:
-        raise ValueError(f"suppression strength must lie in [0, 1], got {strength}")
+        raise UserError(f"suppression strength must lie in [0, 1], got {strength}")
     scale = torch.ones(num_units)
     scale[torch.as_tensor(list(units), dtype=torch.long)] = 1 - strength
     return scale
@@ -96,7 +97,7 @@ def flag_top(scores: Tensor, fraction: float) -> Tensor:
         [False, True, True, False]
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"flag fraction must lie in (0, 1], got {fraction}")
+        raise UserError(f"flag fraction must lie in (0, 1], got {fraction}")
     count = max(1, round(fraction * len(scores)))
     flagged = torch.zeros(len(scores), dtype=torch.bool)
     flagged[scores.argsort(descending=True, stable=True)[:count]] = True

@@ -19,6 +19,7 @@ from einops import repeat
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from xai_train.errors import UserError
 from xai_train.generator.iou import iou_from_counts, iqr_thresholds, overlap_counts, unit_quantiles
 from xai_train.generator.report import write_csv
 from xai_train.generator.units import UnitEdit, generate
@@ -95,7 +96,7 @@ class Dissection:
     def units_for(self, concept: str, top: int) -> list[int]:
         """The ``top`` units with the highest IoU for ``concept``."""
         if concept not in self.concepts:
-            raise ValueError(f"unknown concept {concept!r}; choose one of: {', '.join(self.concepts)}")
+            raise UserError(f"unknown concept {concept!r}; choose one of: {', '.join(self.concepts)}")
         return self.iou[:, self.concepts.index(concept)].argsort(descending=True)[:top].tolist()
 
     def write_csv(self, path: str | Path) -> Path:
@@ -157,14 +158,14 @@ def dissect(
         (torch.Size([16, 2]), 1)
     """
     if threshold not in THRESHOLD_MODES:
-        raise ValueError(f"unknown threshold {threshold!r}; choose one of: {', '.join(THRESHOLD_MODES)}")
+        raise UserError(f"unknown threshold {threshold!r}; choose one of: {', '.join(THRESHOLD_MODES)}")
     chunks = []
     for start in tqdm(range(0, len(latents), batch_size), desc=f"dissect {layer}", disable=not progress):
         images, units = generate(generator, latents[start : start + batch_size], layer, batch_size=batch_size)
         chunks.append((images, units, segment(segmenter, images, batch_size)))
     images, units, masks = (torch.cat(part) for part in zip(*chunks, strict=True))
     if masks.shape[1] != len(concepts):
-        raise ValueError(f"the segmenter returned {masks.shape[1]} concept masks for {len(concepts)} concept names")
+        raise UserError(f"the segmenter returned {masks.shape[1]} concept masks for {len(concepts)} concept names")
     if threshold == "quantile":
         thresholds = unit_quantiles(units, level)
         scored = slice(None)

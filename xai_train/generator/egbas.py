@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from xai_train.errors import UserError
 from xai_train.generator.units import channel_layers, find_layer
 
 
@@ -245,7 +246,7 @@ def affine_map(generator: nn.Module, pre_activation: str, latent_dim: int) -> tu
     probe = torch.randn(4, latent_dim, generator=torch.Generator().manual_seed(0))
     predicted = probe @ jacobian.T + offset
     if not torch.allclose(predicted, pre_activations(generator, pre_activation, probe), atol=1e-4, rtol=1e-4):
-        raise ValueError(f"layer {pre_activation!r} is not affine in z (use the first block, in eval mode)")
+        raise UserError(f"layer {pre_activation!r} is not affine in z (use the first block, in eval mode)")
     return jacobian, offset
 
 

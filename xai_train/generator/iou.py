@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from xai_train.errors import UserError
+
 IQR_LEVELS: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 """Quantile levels whose values are the IQR threshold candidates (the paper's levels are not published)."""
 
@@ -56,7 +58,7 @@ def unit_quantiles(units: Tensor, level: float | Tensor) -> Tensor:
     flat = rearrange(units, "n k h w -> k (n h w)")
     levels = torch.as_tensor(level, dtype=torch.float64).flatten()
     if ((levels <= 0) | (levels >= 1)).any():
-        raise ValueError(f"quantile levels must lie in (0, 1), got {levels.tolist()}")
+        raise UserError(f"quantile levels must lie in (0, 1), got {levels.tolist()}")
     count = flat.shape[1]
     ordered = flat.sort(dim=1).values
     # the value below which a `level` share lies: exactly count - ceil((1 - level)·count) values are <= it
@@ -92,7 +94,7 @@ def overlap_counts(units: Tensor, masks: Tensor, thresholds: Tensor, mode: str =
     c, size = masks.shape[1], tuple(masks.shape[-2:])
     per_concept = thresholds.dim() == 2
     if tuple(thresholds.shape) not in ((k,), (k, c)):
-        raise ValueError(f"thresholds must be ({k},) or ({k}, {c}), got {tuple(thresholds.shape)}")
+        raise UserError(f"thresholds must be ({k},) or ({k}, {c}), got {tuple(thresholds.shape)}")
     inter = torch.zeros(k, c, dtype=torch.float64)
     unit_area = torch.zeros(k, c, dtype=torch.float64)
     concept_area = torch.zeros(c, dtype=torch.float64)

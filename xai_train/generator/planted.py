@@ -15,6 +15,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from xai_train.errors import UserError
 from xai_train.models import DCGANGenerator
 
 
@@ -74,7 +75,7 @@ def plant_blob(
     if not isinstance(generator, DCGANGenerator):
         raise TypeError(f"plant_blob needs a DCGANGenerator, got {type(generator).__name__}")
     if not 0 < fraction < 1:
-        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+        raise UserError(f"fraction must lie in (0, 1), got {fraction}")
     planted = copy.deepcopy(generator).eval()
     direction = torch.randn(planted.latent_dim, generator=torch.Generator().manual_seed(seed))
     direction /= direction.norm()

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from xai_train.errors import UserError
 from xai_train.explain import attribute, check_method, to_mask
 from xai_train.generator.iou import iou_from_counts, overlap_counts, unit_quantiles
 
@@ -88,7 +89,7 @@ def train_artifact_classifier(
     """
     flawed = flawed.bool()
     if flawed.all() or not flawed.any():
-        raise ValueError("the artifact classifier needs both flawed and normal examples")
+        raise UserError("the artifact classifier needs both flawed and normal examples")
     torch.manual_seed(seed)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     images, flawed = images[order], flawed[order]
@@ -137,7 +138,7 @@ def load_artifact_classifier(path: str | Path) -> ArtifactClassifier:
     """Loads what :func:`save_artifact_classifier` wrote (``path`` with or without a suffix).
 
     Raises:
-        ValueError: the files are missing or do not hold an artifact classifier.
+        UserError: the files are missing or do not hold an artifact classifier.
 
     Example:
         >>> try:
@@ -149,7 +150,7 @@ def load_artifact_classifier(path: str | Path) -> ArtifactClassifier:
     weights, meta = Path(path).with_suffix(".safetensors"), Path(path).with_suffix(".json")
     for needed in (weights, meta):
         if not needed.is_file():
-            raise ValueError(
+            raise UserError(
                 f"scorer checkpoint {needed} not found; train one with recipes/correct_units.py --train-scorer"
             )
     try:
@@ -157,7 +158,7 @@ def load_artifact_classifier(path: str | Path) -> ArtifactClassifier:
         model = ArtifactClassifier(int(info["channels"]), int(info["width"]))
         model.load_state_dict(load_file(weights))
     except (KeyError, TypeError, json.JSONDecodeError, SafetensorError, RuntimeError) as err:
-        raise ValueError(f"scorer checkpoint {weights} does not load as an ArtifactClassifier: {err}") from err
+        raise UserError(f"scorer checkpoint {weights} does not load as an ArtifactClassifier: {err}") from err
     return model.eval()
 
 

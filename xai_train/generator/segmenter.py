@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from xai_train.errors import UserError
+
 INK_LEVEL = 0.0  # digits: a pixel above mid-grey (images in [-1, 1]) is ink
 
 
@@ -189,7 +191,7 @@ def load_or_train_segmenter(
         return model.eval()
     data = build_dataset(dataset, image_size=image_size, channels=channels)
     if data.labels is None or data.class_names is None:
-        raise ValueError(f"dataset {dataset!r} has no labels; the concept segmenter needs a labelled dataset")
+        raise UserError(f"dataset {dataset!r} has no labels; the concept segmenter needs a labelled dataset")
     model, accuracy = train_segmenter(data.images, data.labels, data.masks, tuple(data.class_names), recipe)
     model.accuracy = accuracy
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from xai_train.errors import UserError
+
 
 def channel_layers(generator: nn.Module, latent_dim: int | None = None) -> dict[str, tuple[int, int, int]]:
     """Names of the generator's submodules whose output is a (B, K, h, w) map, with (K, h, w), in call order.
@@ -69,7 +71,7 @@ def find_layer(generator: nn.Module, name: str) -> nn.Module:
         The module.
 
     Raises:
-        ValueError: the generator has no such module (the message lists the valid names), or the module's
+        UserError: the generator has no such module (the message lists the valid names), or the module's
             output is not a channel map, or the generator has no layer with channel maps at all.
 
     Example:
@@ -79,18 +81,18 @@ def find_layer(generator: nn.Module, name: str) -> nn.Module:
     """
     layers = channel_layers(generator)
     if not layers:
-        raise ValueError(
+        raise UserError(
             f"generator {type(generator).__name__} has no layer with (B, K, h, w) channel maps, so it has no "
             "units to dissect; use a convolutional generator (e.g. model.arch=dcgan)"
         )
     modules = dict(generator.named_modules())
     valid = ", ".join(layers)
     if name not in modules or not name:
-        raise ValueError(
+        raise UserError(
             f"generator {type(generator).__name__} has no layer {name!r}; layers with channel maps: {valid}"
         )
     if name not in layers:
-        raise ValueError(
+        raise UserError(
             f"layer {name!r} of {type(generator).__name__} does not output (B, K, h, w) channel maps; "
             f"choose one of: {valid}"
         )
@@ -255,7 +257,7 @@ def generate(
         (torch.Size([5, 1, 32, 32]), torch.Size([5, 32, 4, 4]))
     """
     if edit is not None and layer is None:
-        raise ValueError("generate: an edit needs the layer it applies to")
+        raise UserError("generate: an edit needs the layer it applies to")
     for name in [layer, *(edits or {})]:
         if name is not None:
             find_layer(generator, name)
