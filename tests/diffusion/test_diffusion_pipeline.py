@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +62,39 @@ def test_an_export_with_the_former_map_source_name_loads_as_x0(tmp_path):
     np.testing.assert_allclose(ours, ((expected / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="'x0_hat' is now called 'x0'"):
         ImportanceDiffusionPipeline(unet, scheduler, discriminator, map_source="x0_hat")
+
+
+def test_export_replaces_a_pipeline_whole_and_a_failed_export_keeps_the_old_one(tmp_path, monkeypatch):
+    scheduler = build_noise_scheduler(100)
+    first = build_unet(16, 1, (8, 8), norm_num_groups=4)
+    second = build_unet(16, 1, (8, 8), norm_num_groups=4)
+    export_pipeline(tmp_path / "pipeline", first, scheduler)
+    export_pipeline(tmp_path / "pipeline", second, scheduler)  # a resumed run exports again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]  # no hidden leftovers
+    loaded = load_pipeline(tmp_path / "pipeline").unet.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in second.state_dict().items())
+
+    def crash(self, path, **kwargs):  # a crash half-way through writing the new export
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model_index.json").write_text("{")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DDPMPipeline, "save_pretrained", crash)
+    with pytest.raises(OSError, match="disk full"):
+        export_pipeline(tmp_path / "pipeline", first, scheduler)
+    monkeypatch.undo()
+    loaded = load_pipeline(tmp_path / "pipeline").unet.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in second.state_dict().items())
+
+
+def test_a_corrupt_export_is_one_checkpoint_error(tmp_path):
+    from xai_train.checkpoint import CheckpointError
+
+    export_pipeline(tmp_path / "pipeline", build_unet(16, 1, (8, 8), norm_num_groups=4), build_noise_scheduler(100))
+    weights = tmp_path / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cannot load the pipeline in .*sample a checkpoint of the run"):
+        load_pipeline(tmp_path / "pipeline")
+    (tmp_path / "pipeline" / "model_index.json").write_text("{")
+    with pytest.raises(CheckpointError, match="model_index.json' is corrupt"):
+        load_pipeline(tmp_path / "pipeline")

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from xai_train.atomic import atomic_write
 from xai_train.errors import UserError
 
 T = TypeVar("T")
@@ -295,9 +296,5 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    """Writes the resolved config as YAML (atomically: temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    """Writes the resolved config as YAML (atomically, through ``xai_train.atomic``)."""
+    atomic_write(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -6,6 +6,8 @@ analogue). Both save with ``save_pretrained`` and load with :func:`load_pipeline
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,15 +122,14 @@ def export_pipeline(
     """
     path = Path(path)
     if sampler is None:
-        DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(path)
-        return path
+        return _save_whole(DDPMPipeline(unet=unet, scheduler=noise_scheduler), path)
     fn = sampler.importance_fn
     if not isinstance(fn, DiscriminatorImportance) or fn.options:
         raise ValueError(
             "export_pipeline: the sampler's importance_fn must be a DiscriminatorImportance without options"
         )
     s = sampler.schedule
-    ImportanceDiffusionPipeline(
+    pipeline = ImportanceDiffusionPipeline(
         unet,
         noise_scheduler,
         fn.discriminator,
@@ -139,7 +140,20 @@ def export_pipeline(
         sampler.map_source,
         fn.method,
         fn.blur_sigma,
-    ).save_pretrained(path)
+    )
+    return _save_whole(pipeline, path)
+
+
+def _save_whole(pipeline: DiffusionPipeline, path: Path) -> Path:
+    """``save_pretrained`` into a hidden folder, then swapped in: a crash never leaves half a pipeline."""
+    tmp, old = path.with_name(f".tmp_{path.name}"), path.with_name(f".old_{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipeline.save_pretrained(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
