@@ -16,8 +16,8 @@ suite is one function and one line there:
   labels 0.9/0.1, G clipped at 10, dropout 0.3). SHAP explainers use --shap-baselines real images, all of
   them. With --memory-steps N every arm then runs N more steps with its RSS sampled every --memory-every
   steps; the least-squares slope (MiB per 100 steps) shows a slow leak.
-- ``diffusion``: plain diffusion step vs D update + saliency per importance mode, same UNet; replay-buffer
-  refills timed apart; sampling time per image.
+- ``diffusion``: plain diffusion step vs D update + saliency per importance mode and the self-refining (SRD)
+  arms, same UNet; replay-buffer refills and SRD's FAM refreshes timed apart; sampling time per image.
 - ``contention``: each thread policy in a fresh process on the demo's DCGAN, steps timed alternately idle
   and beside --burners busy processes; the ratio contended / idle should stay <= ~2.
 - ``cams``: each CAM per call on a DCGAN D (batch --batch-sizes[0], width --width) in units of one D
@@ -36,12 +36,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import argparse
 import dataclasses
 import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from callbacks import ImportanceNoiseSchedule, ImportanceWeightedLoss, XAIGradientMask
+from callbacks import ImportanceNoiseSchedule, ImportanceWeightedLoss, SelfRefiningDiffusion, XAIGradientMask
 from xai_train.benchmarks import (
     compare_policies,
     default_policies,
@@ -63,6 +64,7 @@ from xai_train.config.gan import GANExperiment
 from xai_train.data import build_dataset
 from xai_train.models import build_gan
 from xai_train.threads import configure_threads
+from xai_train.trainers.diffusion import DiffusionTrainer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "gan"
 ARCH_RECIPES = {"dcgan": CONFIGS / "dcgan_digits.yaml", "paper_mlp": CONFIGS / "xaigan_paper_digits.yaml"}
@@ -187,6 +189,39 @@ def gan_suite(args: argparse.Namespace) -> str:
     return text
 
 
+SRD_ARMS: dict[str, dict] = {
+    "srd_reference": {},
+    "srd_per_sample": {"fam_reduce": "per_sample"},
+    "srd_online_fh": {"highlighter_training": "online"},
+}
+"""Self-refining diffusion arms (the authors' semantics unless stated); FAM refreshes are timed apart."""
+
+
+def add_srd_arm(arms: dict, name: str, images: torch.Tensor, common: dict, **options) -> SelfRefiningDiffusion:
+    """A self-refining arm in its refinement phase (its first, warm-up step trains the FH and makes a FAM)."""
+    arm: list[DiffusionTrainer] = []
+    callback = SelfRefiningDiffusion(
+        lambda n, steps, generator: arm[0].sample(n, steps, generator), images, first_process=0, fam_cycle=10**9,
+        num_samples=common["batch_size"], highlighter_samples=64, highlighter_epochs=5, **options,
+    )  # fmt: skip
+    arms[name] = make_diffusion_arm(images, callbacks=lambda alphas, _: [callback], **common)
+    arm.append(arms[name])
+    arms[name].callbacks.on_train_start(arms[name].state)  # installs the attention processor
+    return callback
+
+
+def fam_refresh_seconds_per_step(trainer: DiffusionTrainer, callback: SelfRefiningDiffusion, cycle: int) -> float:
+    """One FAM refresh (EMA samples with DDIM + Grad-CAM + mean), spread over ``cycle`` steps (the authors' 100).
+
+    Per-sample maps are made inside every step (timed there): no refresh, 0.
+    """
+    if callback.fam_reduce != "batch_mean":
+        return 0.0
+    start = time.perf_counter()
+    callback.refresh_fam(trainer.state)
+    return (time.perf_counter() - start) / cycle
+
+
 def diffusion_suite(args: argparse.Namespace) -> str:
     """Plain diffusion step vs D update + saliency per mode (batch --batch-sizes[0], same UNet)."""
     batch_size, size = args.batch_sizes[0], args.image_size
@@ -213,11 +248,13 @@ def diffusion_suite(args: argparse.Namespace) -> str:
         ),
         "xai_curriculum": make_diffusion_arm(images, discriminator=disc, callbacks=noise("timesteps"), **common),
     }
+    srd = {name: add_srd_arm(arms, name, images, common, **options) for name, options in SRD_ARMS.items()}
     device = arms["plain"].accelerator.device
     refill = {name: refill_seconds_per_step(t, disc.buffer_refresh_every) for name, t in arms.items()}
     print(f"diffusion batch {batch_size}: timing {len(arms)} arms x {args.steps} rounds", flush=True)
     steps = {name: diffusion_step_fn(t) for name, t in arms.items()}
     timings = time_interleaved(steps, steps=args.steps, warmup=args.warmup, device=device)
+    refill.update({name: fam_refresh_seconds_per_step(arms[name], cb, 100) for name, cb in srd.items()})
     base = timings["plain"].median
     rows = []
     for name, timing in timings.items():
@@ -229,9 +266,10 @@ def diffusion_suite(args: argparse.Namespace) -> str:
         f"Diffusion step time, batch {batch_size}, {size}x{size} digits, UNet {tuple(args.unet_widths)}, device "
         f"{device}, {torch.get_num_threads()} torch threads, mixed precision {args.mixed_precision}; median of "
         f"{args.steps} interleaved rounds after {args.warmup} warm-up; replay-buffer refills (every "
-        f"{disc.buffer_refresh_every} steps) are timed apart and spread over the interval\n\n"
+        f"{disc.buffer_refresh_every} steps) and SRD's FAM refreshes (every 100 steps, {batch_size} EMA samples, "
+        "25 DDIM steps, Grad-CAM; FH trained before timing) are timed apart and spread over the interval\n\n"
     )
-    text += markdown_table(["arm", "step ms", "buffer refill ms/step", "vs plain (incl. refill)"], rows)
+    text += markdown_table(["arm", "step ms", "buffer refill / FAM refresh ms/step", "vs plain (incl. refill)"], rows)
     text += f"\n\nBuffer refills draw {args.refill_size} samples with {disc.sample_steps} DDIM steps. "
     text += f"Sampling, {args.sampling_steps} DDIM steps: plain {plain_s:.3f} s/image, "
     text += f"importance-scheduled {importance_s:.3f} s/image"
