@@ -3,9 +3,11 @@
 torch's default is one OpenMP thread per core, and OpenMP threads spin while they wait for each other.
 On a 2-core machine with one other busy process that measured 2.26 s per demo step instead of 0.1 s: each
 parallel region waits for the thread that shares its core with the other job, and the spinning threads
-burn the time slices it would need. ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) removes that: on
-the loaded 2-core development machine the demo step took 5.5 s with 2 spinning threads, 0.45 s with 2
-passive ones and 0.8–1.0 s with one thread (``recipes/benchmark.py --suite contention``, docs/benchmarks.md).
+burn the time slices it would need. ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) removes most of
+that, and one thread on a 2-core machine removes all of it: the other job gets the other core. On the
+loaded 2-core development machine (``recipes/benchmark.py --suite contention``, docs/benchmarks.md) the
+demo step took 1.5–7.9 s with 2 spinning threads, 0.3–2.1 s with 2 passive ones (the worst beside two
+busy processes) and 0.3–1.4 s with one thread.
 
 OpenMP reads ``OMP_WAIT_POLICY`` once, when ``import torch`` loads it; setting it later does nothing to
 the running process (measured with torch 2.13's libgomp: 300 small matmuls with gaps took 16 s with the
@@ -15,8 +17,8 @@ then calls :func:`configure_threads`:
 
 1. ``--threads N`` (a recipe flag) or ``XAI_TRAIN_THREADS=N`` wins; ``auto`` means the default below;
 2. else ``OMP_NUM_THREADS``, if set, is respected (torch read it at import);
-3. else every CPU this process may run on when ``OMP_WAIT_POLICY`` is ``PASSIVE`` (as the recipes set
-   it), and half of them (at least one) otherwise: spinning threads must leave room for other jobs.
+3. else half the CPUs this process may run on, at least one (one on a 2-core laptop): a job beside it
+   can take the other half without stalling every parallel region.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class ThreadChoice:
     def describe(self) -> str:
         """One line for a recipe's log, e.g. ``torch threads: 1 of 2 CPUs (default: ...)``."""
         why = {
-            "default": f"default; change with --threads or {THREADS_ENV}",
+            "default": f"default: half the CPUs; change with --threads or {THREADS_ENV}",
             "OMP_NUM_THREADS": "from OMP_NUM_THREADS",
         }.get(self.source, f"from {self.source}")
         return f"torch threads: {self.threads} of {self.cpus} CPUs ({why})"
@@ -91,8 +93,7 @@ def choose_threads(
 
     Args:
         requested: the recipe's ``--threads`` value (``None`` if not given; ``"auto"`` = the default).
-        environ: the environment (default ``os.environ``); its ``OMP_WAIT_POLICY`` must be the one the
-            process started with (OpenMP read it then).
+        environ: the environment (default ``os.environ``).
         cpus: CPUs available (default :func:`available_cpus`).
 
     Returns:
@@ -102,10 +103,10 @@ def choose_threads(
         UserError: (a ValueError) ``requested`` or ``XAI_TRAIN_THREADS`` is not a whole number >= 1 or ``auto``.
 
     Example:
-        >>> choose_threads(cpus=2, environ={"OMP_WAIT_POLICY": "PASSIVE"}).threads  # as in a recipe
-        2
-        >>> choose_threads(cpus=2, environ={}).threads  # threads may spin: leave a core to other jobs
+        >>> choose_threads(cpus=2, environ={}).threads  # a 2-core laptop: leave a core to other jobs
         1
+        >>> choose_threads(cpus=16, environ={}).threads
+        8
         >>> choose_threads(cpus=16, environ={"OMP_NUM_THREADS": "3"})
         ThreadChoice(threads=3, source='OMP_NUM_THREADS', cpus=16)
         >>> choose_threads("4", cpus=16, environ={"OMP_NUM_THREADS": "3"}).source
@@ -117,8 +118,7 @@ def choose_threads(
     """
     environ = os.environ if environ is None else environ
     cpus = available_cpus() if cpus is None else cpus
-    passive = environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
-    default = cpus if passive else max(1, cpus // 2)
+    default = max(1, cpus // 2)
     if requested is not None:
         count = _parse(requested, "--threads")
         return ThreadChoice(default if count is None else count, "--threads" if count else "default", cpus)

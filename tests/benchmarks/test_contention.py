@@ -46,6 +46,6 @@ def test_each_policy_runs_in_a_fresh_process_with_its_settings():
     """The child sees the policy's environment (not the parent's OMP_NUM_THREADS) and applies the project's rule."""
     chosen = {"project default": default_policies(cpus=2)["project default"]}
     results = compare_policies(chosen, steps=1, rounds=1, burners=0, timeout=600)
-    expected = len(os.sched_getaffinity(0))  # OMP_WAIT_POLICY=PASSIVE from the start: every CPU
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
     assert results["project default"].threads == expected
     assert results["project default"].wait_policy == "PASSIVE"

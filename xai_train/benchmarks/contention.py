@@ -142,7 +142,7 @@ def default_policies(cpus: int | None = None) -> dict[str, dict[str, str]]:
     """The thread policies worth comparing, as environment settings at process start.
 
     ``project default`` is what a recipe does: ``OMP_WAIT_POLICY=PASSIVE`` before torch loads, then
-    :func:`xai_train.threads.configure_threads` (every CPU, since waiting threads sleep).
+    :func:`xai_train.threads.configure_threads` (half the CPUs, at least one thread).
 
     Args:
         cpus: CPUs available (default: this process's).
