@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     args = parser.parse_args(argv)
-    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else every CPU (waiting threads sleep)
+    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else half the CPUs: robust to other load
     for flag, value, low in (("--num-images", args.num_images, 1), ("--steps", args.steps, 1), ("--eta", args.eta, 0)):
         if not value >= low:
             raise ConfigError(f"{flag}={value}: must be >= {low}")
