@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
     parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     args = parser.parse_args(argv)
-    threads = configure_threads(args.threads)  # OMP_NUM_THREADS if set, else every CPU (waiting threads sleep)
+    threads = configure_threads(args.threads)  # OMP_NUM_THREADS if set, else half the CPUs: robust to other load
     config = load_config(DiffusionExperiment, args.config, args.overrides)  # also checks rules across sections
 
     torch.manual_seed(config.run.seed)  # identical initial weights on every rank
