@@ -100,6 +100,8 @@ def test_cells_with_other_seeds_and_only_some_arms():
         ({"arms": ["vanilla"]}, "arm #1 must be a mapping"),
         ({"arms": [{"name": "a", "baseline": True}, {"name": "b", "baseline": True}]}, "more than one baseline"),
         ({"grid": {"x": 3}}, "grid 'x' must be a non-empty list"),
+        ({"seeds": [0, 1, 0]}, "seed 0 is listed twice"),
+        ({"metric": "fid"}, "metric 'fid' is not an evaluation output; choose from: fd, kid, precision, recall"),
     ],
 )
 def test_bad_specs_name_the_problem(changes, message):
@@ -125,6 +127,22 @@ def test_validate_cells_names_the_arm_and_the_unknown_key():
         "demo",
     )
     with pytest.raises(ConfigError, match="arm 'typo': unknown key 'xai.alhpa'"):
+        validate_cells(spec, expand_cells(spec))
+    with pytest.raises(ConfigError, match="--seeds: seed 2 is listed twice"):
+        expand_cells(spec, seeds=[2, 2])
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ("os:system", "must name a config class in xai_train.config"),  # never imported, never called
+        ("xai_train.config.common:EVAL_OUTPUTS", "is not a config class"),
+        ("xai_train.config.gan:Nope", "cannot be imported"),
+    ],
+)
+def test_validate_cells_takes_only_a_config_class_as_schema(schema, message):
+    spec = parse_spec(spec_dict(schema=schema), "demo")
+    with pytest.raises(ConfigError, match=message):
         validate_cells(spec, expand_cells(spec))
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from xai_train.config import ConfigError, load_config, read_yaml
+from xai_train.config.common import EVAL_OUTPUTS
 
 SPEC_KEYS = ("recipe", "base", "schema", "metric", "output_dir", "seeds", "overrides", "arms", "grid", "description")
 ARM_KEYS = ("name", "baseline", "overrides", "grid", "description")
@@ -203,7 +204,15 @@ def expand_cells(
             raise ConfigError(f"unknown arm '{name}' in ablation '{spec.name}'; arms: {', '.join(names)}")
     arms = [arm for arm in spec.arms if not only_arms or arm.name in only_arms]
     chosen = tuple(spec.seeds if seeds is None else seeds)
+    check_unique_seeds(chosen, "--seeds")
     return [Cell(arm.name, int(seed), {**spec.overrides, **arm.overrides}) for seed in chosen for arm in arms]
+
+
+def check_unique_seeds(seeds: Sequence[int], source: str) -> None:
+    """Raises a ConfigError naming a seed listed twice (its cell would run, and count, twice)."""
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    if repeated:
+        raise ConfigError(f"{source}: seed {repeated[0]} is listed twice; give each seed once")
 
 
 def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -> AblationSpec:
@@ -223,6 +232,10 @@ def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
     ):
         raise ConfigError(f"{source}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    check_unique_seeds(seeds, source)
+    metric, metrics = str(data.get("metric", "fd")), [name for names in EVAL_OUTPUTS.values() for name in names]
+    if metric not in metrics:
+        raise ConfigError(f"{source}: metric {metric!r} is not an evaluation output; choose from: {', '.join(metrics)}")
     for section in ("overrides", "grid"):
         if not isinstance(data.get(section) or {}, Mapping):
             raise ConfigError(f"{source}: '{section}' must be a mapping of dotted keys")
@@ -240,7 +253,7 @@ def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -
         seeds=tuple(seeds),
         overrides=dict(data.get("overrides") or {}),
         schema=str(data.get("schema", "")),
-        metric=str(data.get("metric", "fd")),
+        metric=metric,
         output_dir=str(data.get("output_dir", "")),
         description=str(data.get("description", "")).strip(),
     )
@@ -273,10 +286,17 @@ def validate_cells(spec: AblationSpec, cells: Sequence[Cell], root: str | Path =
     if not spec.schema:
         return
     module_name, _, class_name = spec.schema.partition(":")
+    if module_name.split(".")[:2] != ["xai_train", "config"] or not class_name:
+        raise ConfigError(
+            f"ablation '{spec.name}': schema '{spec.schema}' must name a config class in xai_train.config, "
+            "e.g. xai_train.config.gan:GANExperiment (nothing else is imported)"
+        )
     try:
         schema = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"ablation '{spec.name}': schema '{spec.schema}' cannot be imported ({err})") from err
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        raise ConfigError(f"ablation '{spec.name}': schema '{spec.schema}' is not a config class (a dataclass)")
     for cell in cells:
         try:
             load_config(schema, Path(root) / spec.base, [f"{k}={format_value(v)}" for k, v in cell.overrides.items()])
