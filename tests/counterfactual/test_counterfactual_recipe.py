@@ -89,12 +89,15 @@ def test_bad_inputs_are_one_line_errors(recipe, gan_run, classifier_file, tmp_pa
 @pytest.mark.slow
 def test_three_methods_write_their_reports(recipe, gan_run, classifier_file, tmp_path):
     common = ["--classifier", str(classifier_file), "--generator", str(gan_run), "--num-images", "4", "--steps", "5"]
-    for method, extra in (
-        ("manifold", ["--inversion-steps", "5", "--adversarial-steps", "5"]),
-        ("ganmex", ["--inversion-steps", "5"]),
-        ("attfind", ["--top-k", "2", "--target", "3"]),
+    for i, (method, extra) in enumerate(
+        (
+            ("manifold", ["--inversion-steps", "5", "--adversarial-steps", "5"]),
+            ("ganmex", ["--inversion-steps", "5"]),
+            ("ganmex", ["--translator-steps", "2"]),
+            ("attfind", ["--top-k", "2", "--target", "3"]),
+        )
     ):
-        out = tmp_path / method
+        out = tmp_path / f"{i}_{method}"
         recipe.main([*common, "--method", method, "--out", str(out), *extra])
         rows = list(csv.DictReader((out / "summary.csv").open()))
         assert rows and any((out / "tensorboard").iterdir())
