@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "baseline": name,
                     "attribution": args.attribution,
                     "form": f"translator ({args.translator_steps} steps)" if args.translator_steps else "latent",
-                    "sim_weight": args.sim_weight,
+                    "sim_weight": None if args.translator_steps else args.sim_weight,
                     "images": len(images),
                     "baseline_is_target": (baseline_class == targets).float().mean().item()
                     if name == "ganmex"
