@@ -149,6 +149,11 @@ CLI_CASES = [
     ("train_diffusion", ["importance_weight.alpha=-1"], ["importance_weight.alpha=-1.0", "> -1"]),
     ("train_diffusion", ["importance_noise.lambda_max=0.1"], ["importance_noise.lambda_max=0.1", "lambda_min"]),
     ("train_diffusion", ["data.image_size=30"], ["data.image_size=30", "divisible by 4"]),
+    (
+        "train_diffusion",
+        ["discriminator.enabled=true", "importance_noise.enabled=true", "importance_noise.num_buckets=7"],
+        ["importance_noise.num_buckets=7", "must divide scheduler.num_train_timesteps=1000", "num_buckets=5"],
+    ),
     ("train_diffusion", ["unet.block_out_channels=[12, 24]"], ["unet.block_out_channels", "norm_num_groups=8"]),
     ("train_diffusion", ["train.lr_scheduler=cosin"], ["train.lr_scheduler='cosin'", "cosine"]),
     ("train_diffusion", ["train.max_steps=0"], ["train.max_steps=0", ">= 1"]),

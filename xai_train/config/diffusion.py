@@ -242,9 +242,11 @@ class DiffusionExperiment:
                 f"so it must be divisible by {2 ** (levels - 1)}"
             )
         timesteps, buckets = self.scheduler.num_train_timesteps, self.importance_noise.num_buckets
-        if self.importance_noise.enabled and self.importance_noise.mode == "timesteps" and timesteps % buckets:
+        if self.importance_noise.enabled and timesteps % buckets:  # the callback builds the curriculum in both modes
+            divisor = max(d for d in range(1, min(buckets, timesteps) + 1) if timesteps % d == 0)
             raise ConfigError(
-                f"importance_noise.num_buckets={buckets}: must divide scheduler.num_train_timesteps={timesteps}"
+                f"importance_noise.num_buckets={buckets}: must divide scheduler.num_train_timesteps={timesteps}, "
+                f"e.g. importance_noise.num_buckets={divisor}"
             )
         for name, steps in (
             ("train.sample_steps", self.train.sample_steps),
