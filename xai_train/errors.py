@@ -14,3 +14,13 @@ class UserError(ValueError):
         >>> isinstance(UserError("x"), ValueError)
         True
     """
+
+
+class NonFiniteTrainingError(UserError, FloatingPointError):
+    """A NaN/Inf loss stopped training (raised on every rank alike); the message names the values, the last good
+    checkpoint and what to change. A ``FloatingPointError`` too, and a user error: recipes print one line.
+
+    Example:
+        >>> isinstance(NonFiniteTrainingError("x"), FloatingPointError)
+        True
+    """

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from xai_train.callback import Callback
 from xai_train.checkpoint import CheckpointError
 from xai_train.config.gan import GANTrainConfig
+from xai_train.errors import UserError
 from xai_train.models import build_gan
 from xai_train.trainers import GANTrainer
 
@@ -205,8 +206,9 @@ def test_nan_images_and_nan_losses_are_clear_errors(tmp_path, images):
     with torch.no_grad():
         next(discriminator.parameters()).fill_(float("inf"))  # lr_d=inf is a config error now
     trainer = GANTrainer(generator, discriminator, images, config(), run_dir=tmp_path, cpu=True)
-    with pytest.raises(FloatingPointError, match="non-finite training values at step 1"):
+    with pytest.raises(FloatingPointError, match="non-finite training values at step 1") as raised:
         trainer.train()
+    assert isinstance(raised.value, UserError)  # a recipe prints it as one 'error:' line (exit code 2)
 
 
 def test_bf16_mixed_precision_on_cpu(images):

@@ -21,6 +21,7 @@ from xai_train.callback import CallbackList, TrainState
 from xai_train.checkpoint import CheckpointManager
 from xai_train.data import TensorBatches
 from xai_train.distributed import failures_on_any_rank
+from xai_train.errors import NonFiniteTrainingError
 from xai_train.tracking import StepTimer, progress_bar
 
 SUMMARY_FILE = "summary.json"
@@ -100,7 +101,7 @@ class TrainingLoop:
         failures = failures_on_any_rank(self.accelerator, str(bad) if bad else None)
         if failures:
             latest = self.checkpoints.latest() if self.run_dir is not None else None
-            raise FloatingPointError(
+            raise NonFiniteTrainingError(
                 f"non-finite training values at step {self.state.step}: {'; '.join(failures)}; last good checkpoint: "
                 f"{latest}. Lower the learning rates, enable gradient clipping, or use mixed_precision=no."
             )
@@ -130,28 +131,30 @@ class TrainingLoop:
         self.callbacks.on_train_start(state)
         bar = progress_bar(acc, cfg.max_steps, initial=state.step)
         last_logs: dict[str, float] = {}
-        while state.step < cfg.max_steps:
-            with self.timer:
-                stats = self.train_step()
-            state.step += 1
-            state.epoch = self.batches.epoch
-            logs = {"step_time": self.timer.last}
-            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                logs.update(self.step_scalars(stats))
-                self._check_finite(logs)
-                state.log_scalars(logs)
-                bar.set_postfix(self.progress_postfix(logs), refresh=False)
-                last_logs = logs
-            self.callbacks.on_step_end(state, logs)
-            self._save_requested_checkpoints()
-            bar.update(1)
-            if cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
-                self.sample_and_log()
-            if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0 and self.run_dir is not None:
-                self.save_checkpoint()
-            if state.should_stop():
-                break
-        bar.close()
+        try:  # an error (a NaN loss, a user error) prints below a closed progress bar
+            while state.step < cfg.max_steps:
+                with self.timer:
+                    stats = self.train_step()
+                state.step += 1
+                state.epoch = self.batches.epoch
+                logs = {"step_time": self.timer.last}
+                if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                    logs.update(self.step_scalars(stats))
+                    self._check_finite(logs)
+                    state.log_scalars(logs)
+                    bar.set_postfix(self.progress_postfix(logs), refresh=False)
+                    last_logs = logs
+                self.callbacks.on_step_end(state, logs)
+                self._save_requested_checkpoints()
+                bar.update(1)
+                if cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
+                    self.sample_and_log()
+                if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0 and self.run_dir is not None:
+                    self.save_checkpoint()
+                if state.should_stop():
+                    break
+        finally:
+            bar.close()
         if self.run_dir is not None:
             self.sample_and_log(final=True)
             if (self.checkpoints.latest() or Path()).name != f"step_{state.step}":
