@@ -2,14 +2,17 @@
 
     python recipes/counterfactual.py --classifier digits --generator runs/demo --method manifold
     python recipes/counterfactual.py --classifier digits --generator flow --method manifold     # RealNVP on 8×8 digits
+    python recipes/counterfactual.py --classifier digits --generator runs/ddpm_digits --method manifold --ddim-steps 10
     python recipes/counterfactual.py --classifier digits --generator runs/demo --method ganmex
     python recipes/counterfactual.py --classifier digits --generator runs/demo --method ganmex --translator-steps 400
     python recipes/counterfactual.py --classifier digits --generator runs/demo --method attfind --layer project
     python recipes/counterfactual.py --classifier digits --generator runs/demo --method manifold --target 3 --steps 500
 
-``--generator`` is a GAN run of recipes/train_gan.py (G and D from its latest checkpoint), or ``flow``: a RealNVP
-fitted to the 8×8 digits (trained on first use, then loaded from ``--flow-path``). ``--classifier`` is a
-dataset name (the project's cached classifier) or a FeatureClassifier ``.safetensors`` with its ``.json``.
+``--generator`` is a GAN run of recipes/train_gan.py (G and D from its latest checkpoint), ``flow``: a RealNVP
+fitted to the 8×8 digits (trained on first use, then loaded from ``--flow-path``), or (manifold only) a diffusion
+run of recipes/train_diffusion.py: its exported UNet with DDIM inversion (``--ddim-steps``; slow on a CPU).
+``--classifier`` is a dataset name (the project's cached classifier) or a FeatureClassifier ``.safetensors``
+with its ``.json``.
 Default target: (predicted class + 1) mod K. Outputs in <out> (default <run>/counterfactual/<method>):
 panel.png (AttFind: attfind_class<c>_rank<r>.png), summary.csv, tensorboard/. Method details: docs/counterfactuals.md.
 """
@@ -27,6 +30,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 
 from xai_train.cli import run_main
+from xai_train.config import load_config
+from xai_train.config.diffusion import DiffusionExperiment
 from xai_train.counterfactual import (
     FlowDecoder,
     GANDecoder,
@@ -37,10 +42,12 @@ from xai_train.counterfactual import (
     train_flow,
 )
 from xai_train.counterfactual.attfind import attfind, channel_effects, channel_ranges, shifted_images
+from xai_train.counterfactual.diffusion import DiffusionDecoder
 from xai_train.counterfactual.ganmex import class_attribution, latent_baseline, simple_baselines, train_translator
 from xai_train.counterfactual.oracle import oracle_agreement, train_oracle
 from xai_train.counterfactual.report import heat, load_classifier, save_panel, write_rows
 from xai_train.data import build_dataset
+from xai_train.diffusion.pipeline import load_pipeline
 from xai_train.errors import UserError
 from xai_train.generator.run import load_gan_run
 from xai_train.images import make_grid, to_unit_range
@@ -59,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=200, help="counterfactual / GANMEX optimisation steps")
     parser.add_argument("--lr", type=float, default=None, help="default: 5e-2 (flow, GAN on CPU), 0.05 (GANMEX)")
     parser.add_argument("--inversion-steps", type=int, default=200, help="GAN inversion cap (paper: 5000)")
+    parser.add_argument("--ddim-steps", type=int, default=10, help="diffusion run: DDIM steps of g and g⁻¹")
     parser.add_argument("--adversarial-lr", type=float, default=5e-4, help="pixel attack (the authors' 5e-4)")
     parser.add_argument("--adversarial-steps", type=int, default=1000)
     parser.add_argument(
@@ -99,15 +107,22 @@ def flow_decoder(path: Path, image_size: int) -> tuple[FlowDecoder, dict]:
     return FlowDecoder(flow.requires_grad_(False), shape=(1, 8, 8), image_size=image_size), meta
 
 
-def check_gan_run(run_dir: Path) -> None:
-    """A diffusion run is refused with the reason: no inverse of its sampler is implemented (DDIM inversion)."""
+def is_diffusion_run(run_dir: Path) -> bool:
+    """True if ``<run>/config.yaml`` has the sections of recipes/train_diffusion.py (``unet``, ``scheduler``)."""
     config_file = run_dir / "config.yaml"
     raw = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
-    if isinstance(raw, dict) and ("unet" in raw or "scheduler" in raw):
+    return isinstance(raw, dict) and ("unet" in raw or "scheduler" in raw)
+
+
+def diffusion_decoder(run_dir: Path, steps: int) -> tuple[DiffusionDecoder, object]:
+    """The run's exported UNet as a DDIM decoder (ε-prediction only) and the run's data section."""
+    config = load_config(DiffusionExperiment, run_dir / "config.yaml")
+    pipeline = load_pipeline(run_dir / "pipeline")
+    if pipeline.scheduler.config.prediction_type != "epsilon":
         raise UserError(
-            f"'{run_dir}' is a diffusion run: its sampler has no inverse here (DDIM inversion is not implemented); "
-            "pass a GAN run of recipes/train_gan.py, or 'flow'"
+            f"'{run_dir}' predicts {pipeline.scheduler.config.prediction_type!r}; DDIM inversion here needs 'epsilon'"
         )
+    return DiffusionDecoder(pipeline.unet, pipeline.scheduler.alphas_cumprod, steps), config.data
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -122,8 +137,13 @@ def main(argv: list[str] | None = None) -> dict:
         decoder, flow_info = flow_decoder(args.flow_path, image_size)
         print(f"flow: {flow_info}")
         out = args.out or args.flow_path.parent / "counterfactual" / args.method
+    elif is_diffusion_run(Path(args.generator)):  # DDIM inversion; per-pixel-noise pipelines use their UNet
+        if args.method != "manifold":
+            raise UserError(f"--method {args.method} needs a GAN run; a diffusion run serves 'manifold'")
+        decoder, data = diffusion_decoder(Path(args.generator), args.ddim_steps)
+        dataset_name, image_size, channels, critic, G = data.name, data.image_size, data.channels, None, None
+        out = args.out or Path(args.generator) / "counterfactual" / args.method
     else:
-        check_gan_run(Path(args.generator))
         run = load_gan_run(args.generator)  # G (EMA weights if the run kept them) and D of the latest checkpoint
         G, critic, data = run.generator, run.discriminator, run.config.data
         if critic is None and args.method == "ganmex":

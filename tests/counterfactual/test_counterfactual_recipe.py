@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from xai_train.cli import run_main
 from xai_train.config import save_config
+from xai_train.config.diffusion import DiffusionExperiment
 from xai_train.config.gan import GANExperiment
 from xai_train.metrics.classifier import FeatureClassifier
 from xai_train.models import build_gan
@@ -76,10 +77,11 @@ def test_bad_inputs_are_one_line_errors(recipe, gan_run, classifier_file, tmp_pa
     broken.with_suffix(".json").write_text(json.dumps({"channels": 1, "num_classes": 10, "recipe": {}}))
     assert "does not load" in _error(recipe, ["--classifier", str(broken), *base], capsys)
     diffusion = tmp_path / "ddpm"
-    diffusion.mkdir()
-    (diffusion / "config.yaml").write_text("unet:\n  width: 8\n")
+    save_config(DiffusionExperiment(), diffusion / "config.yaml")  # a diffusion run that was never exported
     argv = ["--classifier", str(classifier_file), "--generator", str(diffusion), "--method", "manifold"]
-    assert "DDIM inversion is not implemented" in _error(recipe, argv, capsys)
+    assert "holds no exported pipeline" in _error(recipe, argv, capsys)
+    argv = ["--classifier", str(classifier_file), "--generator", str(diffusion), "--method", "attfind"]
+    assert "needs a GAN run" in _error(recipe, argv, capsys)
     argv = ["--classifier", str(classifier_file), "--generator", "flow", "--method", "ganmex"]
     assert "needs a GAN run" in _error(recipe, argv, capsys)
     argv = ["--classifier", str(classifier_file), *base[:2], "--method", "attfind", "--layer", "nope"]
@@ -109,3 +111,30 @@ def test_three_methods_write_their_reports(recipe, gan_run, classifier_file, tmp
         else:
             assert [int(r["rank"]) for r in rows] == [0, 1] and {r["class"] for r in rows} == {"3"}
             assert pngs == ["attfind_class3_rank0.png", "attfind_class3_rank1.png"]
+
+
+@pytest.mark.slow
+def test_manifold_counterfactuals_with_a_diffusion_run(recipe, classifier_file, tmp_path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from xai_train.diffusion.pipeline import export_pipeline
+
+    run = tmp_path / "ddpm"
+    save_config(DiffusionExperiment(), run / "config.yaml")  # digits, 32×32, ε-prediction
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=32,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    export_pipeline(run / "pipeline", unet, DDPMScheduler(num_train_timesteps=100))
+    out = tmp_path / "out"
+    argv = ["--classifier", str(classifier_file), "--generator", str(run), "--method", "manifold", "--num-images", "2"]
+    recipe.main([*argv, "--steps", "3", "--ddim-steps", "2", "--adversarial-steps", "2", "--out", str(out)])
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["method"] for r in rows] == ["manifold", "adversarial"] and (out / "panel.png").is_file()

@@ -4,9 +4,11 @@
   until the classifier says the target class; :func:`pixel_adversarial` is the pixel-space comparison.
 * :class:`RealNVP`, :func:`train_flow`, :class:`FlowDecoder` — an exactly invertible generator;
   :class:`GANDecoder` and :func:`invert_generator` — a GAN with the paper's Adam inversion (load a run of
-  ``recipes/train_gan.py`` with ``xai_train.generator.run.load_gan_run``).
+  ``recipes/train_gan.py`` with ``xai_train.generator.run.load_gan_run``); :class:`DiffusionDecoder` — a
+  diffusion UNet as deterministic DDIM with DDIM inversion.
 """
 
+from xai_train.counterfactual.diffusion import DiffusionDecoder
 from xai_train.counterfactual.flow import RealNVP, checkerboard, train_flow
 from xai_train.counterfactual.generators import (
     FlowDecoder,
@@ -24,6 +26,7 @@ from xai_train.counterfactual.manifold import (
 
 __all__ = [
     "CounterfactualResult",
+    "DiffusionDecoder",
     "FlowDecoder",
     "GANDecoder",
     "Inversion",
