@@ -12,7 +12,7 @@ from xai_train import Callback
 from xai_train.callback import NoisePlan, TrainState
 from xai_train.config.diffusion import DiffusionTrainConfig
 from xai_train.data import derive_seed
-from xai_train.diffusion import TimeConditionedDiscriminator, TimestepBound
+from xai_train.diffusion import TimeConditionedDiscriminator, TimestepBound, add_noise
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
 from xai_train.diffusion.self_refine import batch_mean_fam, build_highlighter, fam_noise_scale, flaw_maps
 from xai_train.trainers.diffusion import DiffusionTrainer
@@ -251,3 +251,25 @@ def test_discriminator_source_and_protect_direction():
     assert torch.equal(callback.fam, expected)
     assert torch.equal(plan.noise_scale, 1 - 0.5 * expected)
     assert float(plan.noise_scale.min()) >= 0.5
+
+
+def test_per_sample_maps_of_the_discriminator_on_x_t():
+    torch.manual_seed(0)
+    discriminator = TimeConditionedDiscriminator(1, (8, 16), groups=0)
+    alphas = build_noise_scheduler(100).alphas_cumprod
+    callback = SelfRefiningDiffusion(
+        FixedSamples(), IMAGES, alphas_cumprod=alphas, first_process=0, fam_source="discriminator",
+        fam_reduce="per_sample", noise_weight=0.3,
+    )  # fmt: skip
+    state = TrainState(Accelerator(cpu=True), models={"unet": unet(), "discriminator": discriminator})
+    callback.on_train_start(state)
+    g = torch.Generator().manual_seed(4)
+    clean, noise, t = (
+        torch.rand(4, 1, 16, 16, generator=g) * 2 - 1,
+        torch.randn(4, 1, 16, 16, generator=g),
+        torch.tensor([0, 5, 50, 99]),
+    )
+    plan = callback.on_diffusion_noise(state, clean, NoisePlan(noise, t))
+    expected = flaw_maps(TimestepBound(discriminator, t), add_noise(clean, noise, t, alphas))
+    assert torch.equal(plan.noise_scale, 1 + 0.3 * expected)
+    assert not torch.equal(expected[0], expected[1])  # one map per sample

@@ -26,19 +26,19 @@ EVIDENCE: tuple[str, ...] = ("real", "generated")
 
 
 def cam_layer(highlighter: nn.Module) -> nn.Module | None:
-    """The authors' Grad-CAM layer: the last ``nn.Conv2d`` of ``highlighter.features`` (``None`` if the model has
-    no ``features`` stack: then Grad-CAM picks its default layer).
+    """The authors' Grad-CAM layer: the last ``nn.Conv2d`` of ``highlighter.features``; for a model without a
+    ``features`` stack (e.g. a time-conditioned D bound to its timesteps), its last ``nn.Conv2d``; ``None`` if
+    it has none (Grad-CAM then looks for one itself).
 
     Example:
-        >>> from xai_train.models.dcgan import DCGANDiscriminator
-        >>> fh = DCGANDiscriminator(32, 1, width=8)
-        >>> cam_layer(fh) is fh.features[-1][0]
+        >>> from xai_train.diffusion.self_refine.highlighter import FlawHighlighter
+        >>> fh = FlawHighlighter(32, 1, width=8)
+        >>> cam_layer(fh) is fh.features[-2]
         True
     """
     features = getattr(highlighter, "features", None)
-    if not isinstance(features, nn.Module):
-        return None
-    convs = [m for m in features.modules() if isinstance(m, nn.Conv2d)]
+    stack = features if isinstance(features, nn.Module) else highlighter
+    convs = [m for m in stack.modules() if isinstance(m, nn.Conv2d)]
     return convs[-1] if convs else None
 
 
