@@ -18,7 +18,9 @@ from accelerate import Accelerator
 
 from callbacks import XAIGradientMask
 from xai_train import CallbackList, TrainState
+from xai_train.cli import run_main
 from xai_train.data import TensorBatches, build_dataset
+from xai_train.errors import UserError
 from xai_train.models import build_gan
 
 
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=32, help="DCGAN base width of G and D")
     args = parser.parse_args(argv)
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--width", args.width)):
+        if value < 1:
+            raise UserError(f"{flag}={value}: must be >= 1")
 
     accelerator = Accelerator()
     torch.manual_seed(0)
@@ -70,4 +75,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(main())
+    run_main(lambda argv: print(main(argv)))  # a user error: one "error: ..." line, exit code 2 (--debug: traceback)

@@ -51,7 +51,7 @@ class NoTraining:
 
 @pytest.fixture(scope="module")
 def recipes():
-    modules = {name: load_recipe(name) for name in ("train_gan", "train_diffusion", "sample", "ablate")}
+    modules = {name: load_recipe(name) for name in ("train_gan", "train_diffusion", "sample", "ablate", "custom_loop")}
     modules["train_gan"].GANTrainer = NoTraining
     modules["train_diffusion"].DiffusionTrainer = NoTraining
     return modules
@@ -164,6 +164,8 @@ CLI_CASES = [
     ("sample", ["{tmp}", "--out", "{tmp}/binary.yaml"], ["--out=", "is a file; give a folder"]),
     ("ablate", ["{tmp}/binary.yaml"], ["binary.yaml", "not UTF-8"]),
     ("ablate", ["{tmp}/missing.yaml"], ["missing.yaml", "does not exist"]),
+    ("custom_loop", ["--steps", "-1"], ["--steps=-1: must be >= 1"]),
+    ("custom_loop", ["--width", "0"], ["--width=0: must be >= 1"]),
 ]
 
 
