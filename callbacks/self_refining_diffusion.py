@@ -17,6 +17,7 @@ Hand-written loop: call ``on_train_start`` once, ``on_diffusion_noise`` before n
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -167,7 +168,7 @@ class SelfRefiningDiffusion(Callback):
         self._last_logs: dict[str, float] = {}
 
     def phase(self, step: int) -> str:
-        """ "base" before ``first_process`` steps, "refine" from then on."""
+        """The phase at ``step``: "base" before ``first_process`` steps, "refine" from then on."""
         return "base" if step < self.first_process else "refine"
 
     def refresh_due(self, step: int) -> bool:
@@ -232,7 +233,7 @@ class SelfRefiningDiffusion(Callback):
             return
         scalars = {k: float(v) for k, v in self._last_logs.items()}
         scalars.update({"srd/fam_mean": float(self.fam.mean()), "srd/refresh_seconds": self.refresh_seconds})
-        if self.highlighter_accuracy == self.highlighter_accuracy:
+        if math.isfinite(self.highlighter_accuracy):
             scalars["srd/highlighter_accuracy"] = self.highlighter_accuracy
         state.log_scalars(scalars)
         state.log_images({"srd/fam": self.fam})
