@@ -26,32 +26,19 @@ from diffusers import DDPMPipeline, DiffusionPipeline
 from einops import rearrange
 from safetensors.torch import load_file
 
-from xai_train.checkpoint import TRAINER_STATE_FILE, CheckpointError, list_checkpoints, read_state_file
+from xai_train.checkpoint import TRAINER_STATE_FILE, read_state_file
 from xai_train.checkpoint.reading import check_model_file, read_record
 from xai_train.cli import run_main
-from xai_train.config import ConfigError, load_config
+from xai_train.config import ConfigError, load_config, read_yaml
 from xai_train.config.diffusion import DiffusionExperiment
 from xai_train.diffusion import TimeConditionedDiscriminator
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
 from xai_train.diffusion.pipeline import ImportanceDiffusionPipeline, load_pipeline, sample_pipeline
 from xai_train.images import make_grid, save_png
+from xai_train.runs import checkpoint_folder
 from xai_train.threads import configure_threads
 
-
-def checkpoint_folder(run_dir: Path, name: str) -> Path:
-    """``latest`` (the newest complete checkpoint) or ``step_<N>`` → the checkpoint folder of the run."""
-    folders = list_checkpoints(run_dir / "checkpoints")  # complete ones only (checkpoint.json written last)
-    if name == "latest":
-        if not folders:
-            raise CheckpointError(
-                f"'{run_dir}/checkpoints' holds no complete checkpoint; train longer, or sample the exported "
-                "pipeline (leave out --checkpoint)"
-            )
-        return folders[-1]
-    folder = run_dir / "checkpoints" / name
-    if "/" in name or not (folder / TRAINER_STATE_FILE).is_file():
-        raise CheckpointError(f"'{folder}' is not a checkpoint; choose latest or one of: {[p.name for p in folders]}")
-    return folder
+NO_CHECKPOINT_FIX = "train longer, or sample the exported pipeline (leave out --checkpoint)"
 
 
 def load_weights(folder: Path, index: int, model: torch.nn.Module) -> None:
@@ -116,6 +103,13 @@ def main(argv: list[str] | None = None) -> Path:
             f"run directory '{args.run_dir}' does not exist; give the folder of a trained run, e.g. runs/ddpm_digits"
         )
 
+    if not (args.run_dir / "config.yaml").is_file():
+        raise ConfigError(f"'{args.run_dir}' has no config.yaml: not a run folder; give the folder of a trained run")
+    if "unet" not in (read_yaml(args.run_dir / "config.yaml") or {}):
+        raise ConfigError(
+            f"'{args.run_dir}' is not a diffusion run (its config.yaml has no unet section); sample.py samples "
+            "runs of recipes/train_diffusion.py (a GAN run's samples are in its samples/ and samples.png)"
+        )
     config = load_config(DiffusionExperiment, args.run_dir / "config.yaml")
     if args.steps > config.scheduler.num_train_timesteps:
         raise ConfigError(
@@ -123,7 +117,8 @@ def main(argv: list[str] | None = None) -> Path:
             f"use at most that many DDIM steps"
         )
     if args.checkpoint:
-        pipeline = pipeline_from_checkpoint(config, checkpoint_folder(args.run_dir, args.checkpoint))
+        folder = checkpoint_folder(args.run_dir, args.checkpoint, fix=NO_CHECKPOINT_FIX)
+        pipeline = pipeline_from_checkpoint(config, folder)
     else:
         pipeline = load_pipeline(args.run_dir / "pipeline")
     device = "cuda" if torch.cuda.is_available() and not config.run.cpu else "cpu"

@@ -161,6 +161,7 @@ CLI_CASES = [
     ("train_diffusion", ["--config", "{tmp}/binary.yaml"], ["binary.yaml", "not UTF-8"]),
     ("sample", ["{tmp}/no_such_run"], ["no_such_run", "does not exist"]),
     ("sample", ["{tmp}", "--steps", "0"], ["--steps=0", ">= 1"]),
+    ("sample", ["{tmp}"], ["has no config.yaml: not a run folder"]),
     ("sample", ["{tmp}", "--out", "{tmp}/binary.yaml"], ["--out=", "is a file; give a folder"]),
     ("ablate", ["{tmp}/binary.yaml"], ["binary.yaml", "not UTF-8"]),
     ("ablate", ["{tmp}/missing.yaml"], ["missing.yaml", "does not exist"]),
@@ -458,6 +459,11 @@ def test_sample_names_a_bad_checkpoint_or_pipeline(recipes, tmp_path, capsys):
     assert "'conv_in.weight' is (16, 1, 3, 3) in the checkpoint but (8, 1, 3, 3)" in err, err
     assert "model_index.json' is corrupt" in one_line_error() and "--checkpoint latest" in one_line_error()
     assert "--steps=5000" in one_line_error("--steps", "5000")
+    (tmp_path / "gan").mkdir()
+    (tmp_path / "gan" / "config.yaml").write_text(yaml.safe_dump(to_dict(load_config(GANExperiment))))
+    with pytest.raises(SystemExit):
+        run_main(recipes["sample"].main, [str(tmp_path / "gan")])
+    assert "is not a diffusion run" in capsys.readouterr().err
     out = run / "sampled" / "seed0_steps1"
     with pytest.raises(SystemExit) as exit_info:  # control: the intact checkpoint samples
         run_main(recipes["sample"].main, [str(run), "--num-images", "1", "--steps", "1", "--checkpoint", "step_1"])
