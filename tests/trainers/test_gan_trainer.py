@@ -93,7 +93,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "paper_mlp"])
-def test_resume_equals_straight_run(tmp_path, images, arch):
+def test_resume_equals_straight_run(tmp_path, images, arch, capsys):
     """N steps + resume + N steps equals 2N straight steps exactly (CPU, same process count)."""
 
     def models():
@@ -110,6 +110,16 @@ def test_resume_equals_straight_run(tmp_path, images, arch):
         cpu=True,
     )
     first.train()
+    again = GANTrainer(
+        *models(),
+        images,
+        config(max_steps=3, checkpoint_every=3, sample_every=0, ema_decay=0.9),
+        run_dir=tmp_path / "split",
+        resume="auto",
+        cpu=True,
+    )
+    assert again.train()["steps"] == 3  # a finished run resumed: says so, trains nothing
+    assert "nothing to train: the checkpoint is at step 3, train.max_steps=3" in capsys.readouterr().out
     recorder = StepRecorder()
     resumed = GANTrainer(
         *models(), images, cfg, run_dir=tmp_path / "split", resume="auto", callbacks=[recorder], cpu=True

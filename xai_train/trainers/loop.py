@@ -118,6 +118,11 @@ class TrainingLoop:
             self.state.epoch = self.batches.epoch
             self._start_clock(float(state.get("train_seconds", 0.0)))
             self.accelerator.print(f"resumed from {checkpoint} at step {self.state.step}")
+            if self.state.step >= self.config.max_steps:
+                self.accelerator.print(
+                    f"nothing to train: the checkpoint is at step {self.state.step}, train.max_steps="
+                    f"{self.config.max_steps}; raise train.max_steps to train further"
+                )
 
     def train(self) -> dict[str, Any]:
         """Runs until ``max_steps`` (or a callback's stop request). Returns a summary.
