@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
-from accelerate.utils import broadcast
 from torch import Tensor, nn
 
 from xai_train.callback import Callback, NoisePlan, TrainState
@@ -288,9 +287,10 @@ class SelfRefiningDiffusion(Callback):
             held_out=self.highlighter_held_out,
             seed=derive_seed(self.seed, "srd_highlighter_order"),
         )
-        if acc.num_processes > 1:  # identical on CPU; broadcast so that GPU non-determinism cannot split ranks
+        if acc.num_processes > 1:  # identical on CPU; averaged so that GPU non-determinism cannot split the ranks
             for tensor in self.highlighter.state_dict().values():
-                tensor.copy_(broadcast(tensor.contiguous(), from_process=0))
+                if tensor.is_floating_point():
+                    tensor.copy_(acc.reduce(tensor.contiguous(), "mean"))
         if self.buffer is not None:
             self.buffer.add(fake, state.step)
         self.highlighter_accuracy = report.best_accuracy

@@ -16,7 +16,7 @@ WORKER = Path(__file__).with_name("srd_dist_worker.py")
 
 @pytest.mark.slow
 def test_two_processes_compute_the_same_fam(tmp_path):
-    """Online FH: trained offline at the switch (broadcast), then on each rank's batch (gradients averaged)."""
+    """Online FH: trained offline at the switch (then averaged over ranks), then on each rank's batch (gradients averaged)."""
     command = [
         sys.executable,
         "-m",
