@@ -25,7 +25,8 @@ TRAINER_STATE_FILE = "trainer_state.pt"
 COMPLETE_FILE = "checkpoint.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 # The globals numpy arrays and dtypes need to unpickle (Accelerate's RNG states hold numpy's state).
-_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+_NUMPY_GLOBALS = [_NUMPY_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 class CheckpointError(UserError):
