@@ -31,15 +31,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from xai_train import runs
 from xai_train.checkpoint import CheckpointError
 from xai_train.cli import run_main
-from xai_train.config import ConfigError, load_config
-from xai_train.config.gan import GANExperiment
+from xai_train.config import ConfigError
 from xai_train.data import build_dataset
 from xai_train.explain.galore import galore_maps
 from xai_train.explain.quality import energy_in_mask
@@ -56,56 +55,22 @@ from xai_train.explain.report import (
 )
 from xai_train.metrics.classifier import FeatureClassifier
 from xai_train.metrics.extractor import domain_feature_extractor
-from xai_train.models import build_gan
 from xai_train.threads import configure_threads
 
 BUILT_IN_CLASSIFIERS = ("digits", "shapes", "parts_shapes")
 
 
-def latest_checkpoint(run_dir: Path, name: str) -> Path:
-    """``latest`` or ``step_<N>`` -> the checkpoint folder holding model.safetensors (G) and model_1 (D)."""
-    folders = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    folder = folders[-1] if name == "latest" and folders else run_dir / "checkpoints" / name
-    if not (folder / "model_1.safetensors").is_file():
-        raise CheckpointError(
-            f"no readable GAN checkpoint at '{folder}' (model_1.safetensors missing); choose latest or one of: "
-            f"{[p.name for p in folders] or 'none: the run has no checkpoints'}"
-        )
-    return folder
-
-
-def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    """Loads a safetensors state dict into ``model``; an unreadable or mismatched file is a CheckpointError."""
-    try:
-        model.load_state_dict(load_file(path))
-    except (SafetensorError, RuntimeError, OSError) as err:
-        raise CheckpointError(f"cannot load '{path}' into {type(model).__name__}: {err}") from err
-    return model.eval()
-
-
 def load_gan_run(run_dir: Path, checkpoint: str, num_images: int, seed: int) -> tuple[nn.Module, dict]:
-    """D, real images (and masks) from the run's dataset, and fakes from G."""
-    config = load_config(GANExperiment, run_dir / "config.yaml")
-    data, model = config.data, config.model
-    generator, discriminator = build_gan(
-        model.arch,
-        image_size=data.image_size,
-        channels=data.channels,
-        latent_dim=model.latent_dim,
-        g_width=model.g_width,
-        d_width=model.d_width,
-        g_norm=model.g_norm,
-        d_norm=model.d_norm,
-        dropout=model.dropout,
-    )
-    folder = latest_checkpoint(run_dir, checkpoint)
-    load_weights(generator, folder / "model.safetensors")
-    load_weights(discriminator, folder / "model_1.safetensors")
-    dataset = build_dataset(**data.dataset_kwargs(config.run.seed)).sample(num_images, seed)
+    """D, real images (and masks) from the run's dataset, and fakes from G (EMA weights when the run kept them)."""
+    run = runs.load_gan_run(run_dir, checkpoint)
+    if run.discriminator is None:
+        raise CheckpointError(f"'{run.folder}' holds no discriminator (model_1.safetensors); pass a GAN run folder")
+    config = run.config
+    dataset = build_dataset(**config.data.dataset_kwargs(config.run.seed)).sample(num_images, seed)
     with torch.no_grad():
-        latents = torch.randn(num_images, model.latent_dim, generator=torch.Generator().manual_seed(seed))
-        fake = generator(latents)
-    return discriminator, {"real": dataset.images, "fake": fake, "masks": dataset.masks, "name": folder.name}
+        latents = torch.randn(num_images, config.model.latent_dim, generator=torch.Generator().manual_seed(seed))
+        fake = run.generator(latents)
+    return run.discriminator, {"real": dataset.images, "fake": fake, "masks": dataset.masks, "name": run.folder.name}
 
 
 def load_classifier(source: str, data_name: str | None, num_images: int, seed: int) -> tuple[nn.Module, dict]:
@@ -124,7 +89,7 @@ def load_classifier(source: str, data_name: str | None, num_images: int, seed: i
                 raise CheckpointError(f"'{path}' is not a FeatureClassifier state dict (no stages.0.0 / head weights)")
             width, channels = state["stages.0.0.weight"].shape[:2]
             classes, features = state["head.weight"].shape
-            model = load_weights(FeatureClassifier(channels, classes, width, features), path)
+            model = runs.load_weights(FeatureClassifier(channels, classes, width, features), path)
         else:
             try:
                 model = torch.jit.load(str(path), map_location="cpu").eval()
