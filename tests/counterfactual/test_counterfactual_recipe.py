@@ -43,6 +43,7 @@ def gan_run(tmp_path):
     folder.mkdir(parents=True)
     save_file(generator.state_dict(), str(folder / "model.safetensors"))
     save_file(discriminator.state_dict(), str(folder / "model_1.safetensors"))
+    (folder / "checkpoint.json").write_text("{}")  # the checkpoint manager's "complete" marker
     return run
 
 
