@@ -468,3 +468,41 @@ def test_sample_names_a_bad_checkpoint_or_pipeline(recipes, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # control: the intact checkpoint samples
         run_main(recipes["sample"].main, [str(run), "--num-images", "1", "--steps", "1", "--checkpoint", "step_1"])
     assert exit_info.value.code == 0 and (out / "samples.npz").is_file()
+
+
+@pytest.mark.parametrize(
+    "method, options, pattern",
+    [
+        ("integrated_gradients", {"method": "foo"}, "method='foo' is not one of: riemann_left"),
+        ("deeplift_shap", {"baselines": 5}, "baselines must be a tensor, got int 5"),
+        ("occlusion", {"baselines": "grey"}, "baselines must be a number or a tensor"),
+        ("gradcam", {"layer": "features.3"}, "layer must be a module of D"),
+        ("occlusion", {"window": 0}, "window must be None \\(the default\\) or a whole number >= 1; got 0"),
+        ("occlusion", {"stride": [2, 2]}, "stride must be None"),
+    ],
+)
+def test_explainer_option_values_are_checked_before_the_call(method, options, pattern):
+    _, discriminator = build_gan("dcgan", image_size=32, channels=1, g_width=8, d_width=8)
+    with pytest.raises(ValueError, match=pattern):
+        attribute(discriminator, torch.randn(2, 1, 32, 32), method, **options)
+    with pytest.raises(ValueError, match=pattern):
+        XAIGradientMask(method, options)  # the callback (and xai.explainer_options) fail at construction
+
+
+def test_integrated_gradients_method_option_reaches_captum():
+    """IG's own ``method`` option collided with attribute()'s argument ("got multiple values"); it now passes."""
+    from captum.attr import IntegratedGradients
+    from captum.attr._utils.approximation_methods import SUPPORTED_METHODS
+
+    from xai_train.explain.base import CHOICE_OPTIONS
+
+    assert set(CHOICE_OPTIONS["integrated_gradients", "method"]) == set(SUPPORTED_METHODS)  # the installed captum
+    torch.manual_seed(0)
+    _, discriminator = build_gan("dcgan", image_size=32, channels=1, g_width=8, d_width=8)
+    discriminator.eval()
+    images = torch.randn(3, 1, 32, 32)
+    ours = attribute(discriminator, images, "integrated_gradients", method="riemann_trapezoid", n_steps=5)
+    theirs = IntegratedGradients(discriminator).attribute(images, baselines=0.0, n_steps=5, method="riemann_trapezoid")
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    default = attribute(discriminator, images, "integrated_gradients", n_steps=5)  # gausslegendre differs
+    assert not torch.allclose(ours, default, atol=1e-6)

@@ -88,6 +88,7 @@ def attribute(
     discriminator: nn.Module,
     images: Tensor,
     method: str,
+    /,
     *,
     bn_mode: str = "eval",
     output: str = "logit",

@@ -195,9 +195,21 @@ COUNT_OPTIONS = frozenset(
         "internal_batch_size",
         "nt_samples_batch_size",
         "patch",
+        "window",
+        "stride",
     }
 )
 """Options that count something (steps, samples, a batch or patch size): a whole number >= 1."""
+CHOICE_OPTIONS = {
+    ("integrated_gradients", "method"): (
+        "riemann_left",
+        "riemann_right",
+        "riemann_middle",
+        "riemann_trapezoid",
+        "gausslegendre",
+    )
+}
+"""Options with a fixed set of values (captum's integration rules), checked before captum asserts mid-run."""
 POSITIVE_OPTIONS = frozenset({"eps", "kernel_width"})
 NON_NEGATIVE_OPTIONS = frozenset({"stdevs"})
 
@@ -216,7 +228,19 @@ def check_option_value(method: str, name: str, value: object, default: object) -
     """
     if value is None and default is None:
         return
-    if name in COUNT_OPTIONS:
+    if name in ("baselines", "feature_mask") and not isinstance(value, torch.Tensor):
+        if name == "feature_mask" or default is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+            kind = "a number or a tensor" if isinstance(default, float) else "a tensor"
+            raise UserError(f"explainer {method!r}: {name} must be {kind}, got {type(value).__name__} {value!r}")
+    elif name == "layer" and not isinstance(value, nn.Module):
+        raise UserError(
+            f"explainer {method!r}: layer must be a module of D (e.g. D.features[-2]) or None (the last conv "
+            f"layer), got {type(value).__name__} {value!r}"
+        )
+    elif (method, name) in CHOICE_OPTIONS and value not in CHOICE_OPTIONS[method, name]:
+        choices = ", ".join(CHOICE_OPTIONS[method, name])
+        raise UserError(f"explainer {method!r}: {name}={value!r} is not one of: {choices}")
+    elif name in COUNT_OPTIONS:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             allowed = "None (the default) or " if default is None else ""
             raise UserError(f"explainer {method!r}: {name} must be {allowed}a whole number >= 1; got {value!r}")
