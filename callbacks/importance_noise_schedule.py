@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from xai_train.callback import Callback, NoisePlan, TrainState
+from xai_train.config import check_like_section
 from xai_train.config.diffusion import ImportanceNoiseConfig
 from xai_train.diffusion import (
     DiscriminatorImportance,
@@ -97,25 +98,8 @@ class ImportanceNoiseSchedule(Callback):
         log_every: int = 0,
         discriminator_key: str = "discriminator",
     ):
-        try:  # the config section's checks: the CLI and the API accept and reject the same values
-            ImportanceNoiseConfig(
-                enabled=True,
-                mode=mode,
-                sharpness=sharpness,
-                midpoint=midpoint,
-                lambda_min=lambda_min,
-                lambda_max=lambda_max,
-                map_source=map_source,
-                method=method,
-                blur_sigma=blur_sigma,
-                num_buckets=num_buckets,
-                uniform_mix=uniform_mix,
-                decay=decay,
-                self_normalise=self_normalise,
-                update_every=update_every,
-            )
-        except UserError as error:
-            raise UserError(f"ImportanceNoiseSchedule: {error}") from None
+        # the config section's checks on the arguments: the CLI and the API accept and reject the same values
+        check_like_section(ImportanceNoiseConfig, "ImportanceNoiseSchedule", locals())
         if not isinstance(alphas_cumprod, Tensor) or alphas_cumprod.dim() != 1 or len(alphas_cumprod) < 2:
             shape = tuple(getattr(alphas_cumprod, "shape", ()))
             raise TypeError(

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from xai_train.callback import Callback, NoisePlan, TrainState
+from xai_train.config import check_like_section
 from xai_train.config.diffusion import ImportanceWeightConfig
 from xai_train.diffusion import check_map_source, importance_map, importance_weights
 from xai_train.errors import UserError
@@ -71,19 +72,8 @@ class ImportanceWeightedLoss(Callback):
         discriminator_key: str = "discriminator",
         explain_options: dict[str, Any] | None = None,
     ):
-        try:  # the config section's checks: the CLI and the API accept and reject the same values
-            ImportanceWeightConfig(
-                enabled=True,
-                rule=rule,
-                alpha=alpha,
-                beta=beta,
-                map_source=map_source,
-                method=method,
-                blur_sigma=blur_sigma,
-                start_step=start_step,
-            )
-        except UserError as error:
-            raise UserError(f"ImportanceWeightedLoss: {error}") from None
+        # the config section's checks on the arguments: the CLI and the API accept and reject the same values
+        check_like_section(ImportanceWeightConfig, "ImportanceWeightedLoss", locals())
         check_map_source(map_source, ("x_t", "x0"))
         check_method(method, explain_options or {})
         if not log_every >= 0:

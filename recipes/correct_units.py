@@ -41,7 +41,7 @@ from xai_train.generator.correct import (
     suppression_scale,
 )
 from xai_train.generator.report import markdown_table, rows_grid, write_csv, write_images
-from xai_train.generator.run import load_gan_run, save_generator_folder
+from xai_train.generator.run import parse_run_arguments, run_parser, save_generator_folder
 from xai_train.generator.scorers import (
     SCORERS,
     NegatedDiscriminator,
@@ -54,7 +54,6 @@ from xai_train.generator.scorers import (
 from xai_train.generator.units import generate, sample_latents
 from xai_train.images import save_png, to_unit_range
 from xai_train.metrics import ClassifierRecipe, domain_feature_extractor, extract_features
-from xai_train.threads import configure_threads
 
 
 def build_scorer(args: argparse.Namespace, run, data):
@@ -81,8 +80,7 @@ def build_scorer(args: argparse.Namespace, run, data):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a GAN run folder, e.g. runs/demo")
+    parser = run_parser(__doc__)
     parser.add_argument("--scorer", choices=SCORERS, default="rare")
     parser.add_argument("--layers", nargs="+", default=["upsample.0.act"], help="one (global) or several (sequential)")
     parser.add_argument("--k", type=int, default=4, help="units suppressed per layer in the corrected generator")
@@ -100,14 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-dump", type=int, default=200)
     parser.add_argument("--feature-steps", type=int, default=ClassifierRecipe.max_steps,
                         help="training steps of the dataset's classifier if it is not cached yet")  # fmt: skip
-    parser.add_argument("--checkpoint", default="latest", help="'latest' or step_<N>")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
-    args = parser.parse_args(argv)
-    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else every CPU (waiting threads sleep)
-
-    run = load_gan_run(args.run_dir, args.checkpoint)
+    args, run = parse_run_arguments(parser, argv)  # also --checkpoint, --seed, --out, --threads
     G, data = run.generator, run.config.data
     for layer in args.layers:
         bake_target(G, layer)  # checks the name, and that the correction can be baked into the weights

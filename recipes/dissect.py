@@ -17,25 +17,21 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads OpenMP (see xai_train/threads.py)
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from xai_train.cli import run_main
 from xai_train.generator.dissect import THRESHOLD_MODES, add_unit_effects, causal_effects, dissect
 from xai_train.generator.report import markdown_table, rows_grid, unit_grid, write_images
-from xai_train.generator.run import load_gan_run
+from xai_train.generator.run import parse_run_arguments, run_parser
 from xai_train.generator.segmenter import SegmenterRecipe, load_or_train_segmenter
 from xai_train.generator.units import UnitEdit, find_layer, generate, sample_latents
-from xai_train.threads import configure_threads
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a GAN run folder, e.g. runs/demo")
+    parser = run_parser(__doc__)
     parser.add_argument("--layer", default="upsample.0.act", help="generator layer whose channels are the units")
     parser.add_argument("--num-samples", type=int, default=2000, help="generated samples for the IoU")
     parser.add_argument("--threshold", choices=THRESHOLD_MODES, default="quantile", help="unit threshold rule")
@@ -44,15 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--causal-units", type=int, default=16, help="top units whose single-unit effects are measured")
     parser.add_argument("--set-size", type=int, default=4, help="units per concept ablated/inserted together")
     parser.add_argument("--segmenter-steps", type=int, default=SegmenterRecipe.steps, help="if trained (cached)")
-    parser.add_argument("--checkpoint", default="latest", help="'latest' or step_<N>")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
-    args = parser.parse_args(argv)
-    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else every CPU (waiting threads sleep)
-
-    run = load_gan_run(args.run_dir, args.checkpoint)
+    args, run = parse_run_arguments(parser, argv)  # also --checkpoint, --seed, --out, --threads
     G, data = run.generator, run.config.data
     find_layer(G, args.layer)  # a clear error before any work
     recipe = SegmenterRecipe(steps=args.segmenter_steps)

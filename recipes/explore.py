@@ -17,9 +17,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads OpenMP (see xai_train/threads.py)
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -27,15 +25,13 @@ from tqdm.auto import tqdm
 from xai_train.cli import run_main
 from xai_train.generator.egbas import explore, region_constraints, supporting_set
 from xai_train.generator.report import class_agreement, markdown_table, rows_grid, write_csv, write_images
-from xai_train.generator.run import load_gan_run
+from xai_train.generator.run import parse_run_arguments, run_parser
 from xai_train.generator.units import find_layer, generate, sample_latents
 from xai_train.metrics import ClassifierRecipe, domain_feature_extractor
-from xai_train.threads import configure_threads
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a GAN run folder, e.g. runs/demo")
+    parser = run_parser(__doc__)
     parser.add_argument("--num-queries", type=int, default=8)
     parser.add_argument("--num-samples", type=int, default=32, help="accepted samples per query")
     parser.add_argument("--radius", type=float, default=3.0, help="longest ray searched (latent units)")
@@ -45,14 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=150, help="supporting-set optimisation steps")
     parser.add_argument("--feature-steps", type=int, default=ClassifierRecipe.max_steps,
                         help="training steps of the dataset's classifier if it is not cached yet")  # fmt: skip
-    parser.add_argument("--checkpoint", default="latest", help="'latest' or step_<N>")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
-    args = parser.parse_args(argv)
-    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else every CPU (waiting threads sleep)
-
-    run = load_gan_run(args.run_dir, args.checkpoint)
+    args, run = parse_run_arguments(parser, argv)  # also --checkpoint, --seed, --out, --threads
     G, data = run.generator, run.config.data
     find_layer(G, args.boundary_layer)
     find_layer(G, args.activation_layer)

@@ -2,6 +2,7 @@
 
 from xai_train.config.core import (
     ConfigError,
+    check_like_section,
     load_config,
     parse_override,
     read_yaml,
@@ -9,4 +10,4 @@ from xai_train.config.core import (
     to_dict,
 )
 
-__all__ = ["ConfigError", "load_config", "parse_override", "read_yaml", "save_config", "to_dict"]
+__all__ = ["ConfigError", "check_like_section", "load_config", "parse_override", "read_yaml", "save_config", "to_dict"]

@@ -49,6 +49,40 @@ def check_fields(config: Any, rule: str, test: Callable[[Any], bool], *names: st
             raise ConfigError(f"{name}={value!r}: {rule}")
 
 
+def check_like_section(section: type, owner: str, arguments: Mapping[str, Any]) -> None:
+    """Checks an API object's arguments with the config section of the same options (built enabled).
+
+    Only the arguments named like a field of ``section`` are passed, so a callback can hand over its
+    ``locals()``; the API and the CLI then accept and reject the same values.
+
+    Args:
+        section: a frozen-dataclass config section with an ``enabled`` field and checks in ``__post_init__``.
+        owner: the API object's name, put in front of the message.
+        arguments: the values to check, by field name (other names are ignored).
+
+    Raises:
+        UserError: ``"<owner>: <the section's message>"``.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Noise:
+        ...     enabled: bool = False
+        ...     scale: float = 1.0
+        ...     def __post_init__(self):
+        ...         check_fields(self, "must be > 0", lambda v: v > 0, "scale")
+        >>> check_like_section(Noise, "NoiseCallback", {"scale": -1.0, "seed": 3})
+        Traceback (most recent call last):
+        ...
+        xai_train.errors.UserError: NoiseCallback: scale=-1.0: must be > 0
+    """
+    names = {f.name for f in dataclasses.fields(section)} - {"enabled"}
+    try:
+        section(enabled=True, **{name: value for name, value in arguments.items() if name in names})
+    except UserError as error:
+        raise UserError(f"{owner}: {error}") from None
+
+
 def check_choices(config: Any) -> None:
     """Raises a ConfigError for the first ``Literal[...]`` field of ``config`` holding another value, so that
     a section built in Python is checked like one loaded from YAML.

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from xai_train.data.convert import check_image_args
 from xai_train.data.dataset import DataError, ImageDataset, derive_seed
-from xai_train.data.shapes import BACKGROUND_RANGE, COLOUR_FLOOR, GREY_RANGE, uniform
+from xai_train.data.shapes import paint, uniform
 
 PART_NAMES = ("dot", "ring", "cross")  # label = index
 BODY_HALF_RANGE = (0.12, 0.2)  # body half-side as a fraction of the image size
@@ -194,16 +194,7 @@ def make_parts_shapes(
             f"{tuple(labels.shape)} in [{labels.min().item()}, {labels.max().item()}]"
         )
     generator = torch.Generator().manual_seed(derive_seed(seed, "parts_shapes", "colours"))
-    background = uniform(generator, *BACKGROUND_RANGE, n)
-    if channels == 3:
-        colour = uniform(generator, COLOUR_FLOOR, 1.0, n, 3)
-        colour[torch.arange(n), torch.randint(3, (n,), generator=generator)] = 1.0
-    else:
-        colour = uniform(generator, *GREY_RANGE, n, 1)
-    lit = layout.body | part_pixels(layout, labels)
-    images = torch.where(lit, rearrange(colour, "n c -> n c 1 1"), rearrange(background, "n -> n 1 1 1"))
-    if noise > 0:
-        images = images.add(torch.randn(images.shape, generator=generator), alpha=noise).clamp(-1, 1)
+    images = paint(layout.body | part_pixels(layout, labels), channels, noise, generator)
     return ImageDataset(
         images=images.contiguous(),
         labels=labels,

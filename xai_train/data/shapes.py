@@ -62,6 +62,42 @@ def uniform(generator: torch.Generator, low: float, high: float, *shape: int) ->
     return low + (high - low) * torch.rand(*shape, generator=generator)
 
 
+def paint(masks: Tensor, channels: int, noise: float, generator: torch.Generator) -> Tensor:
+    """Images of bright shapes on a dark background: a level and a colour per image, then optional noise.
+
+    Draws, in this order from ``generator``: the (N,) background levels in ``BACKGROUND_RANGE``, the
+    colours (grey in ``GREY_RANGE``; RGB channels in [``COLOUR_FLOOR``, 1] with a random one set to 1), and
+    the Gaussian noise (only when ``noise > 0``).
+
+    Args:
+        masks: (N, 1, S, S) bool, True where the shape is.
+        channels: 1 or 3.
+        noise: standard deviation of the pixel noise added before clamping to [-1, 1].
+        generator: the private random stream.
+
+    Returns:
+        (N, C, S, S) float32 in [-1, 1].
+
+    Example:
+        >>> masks = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+        >>> masks[:, :, 1:3, 1:3] = True
+        >>> images = paint(masks, 3, 0.0, torch.Generator().manual_seed(0))
+        >>> bool((images[:, :, 1, 1].amax(1) == 1).all()), bool((images[:, :, 0, 0] <= -0.7).all())
+        (True, True)
+    """
+    n = masks.shape[0]
+    background = uniform(generator, *BACKGROUND_RANGE, n)
+    if channels == 3:
+        colour = uniform(generator, COLOUR_FLOOR, 1.0, n, 3)
+        colour[torch.arange(n), torch.randint(3, (n,), generator=generator)] = 1.0
+    else:
+        colour = uniform(generator, *GREY_RANGE, n, 1)
+    images = torch.where(masks, rearrange(colour, "n c -> n c 1 1"), rearrange(background, "n -> n 1 1 1"))
+    if noise > 0:
+        images = images.add(torch.randn(images.shape, generator=generator), alpha=noise).clamp(-1, 1)
+    return images
+
+
 def make_shapes(
     num_samples: int = 10_000,
     image_size: int = 32,
@@ -110,12 +146,6 @@ def make_shapes(
     radius = uniform(generator, low, high, n) * size
     centre = radius[:, None] + torch.rand(n, 2, generator=generator) * (size - 2 * radius[:, None])
     angle = uniform(generator, 0, 2 * math.pi, n)
-    background = uniform(generator, *BACKGROUND_RANGE, n)
-    if channels == 3:
-        colour = uniform(generator, COLOUR_FLOOR, 1.0, n, 3)
-        colour[torch.arange(n), torch.randint(3, (n,), generator=generator)] = 1.0
-    else:
-        colour = uniform(generator, *GREY_RANGE, n, 1)
 
     pixel = torch.arange(size, dtype=torch.float32) + 0.5  # pixel centres
     dx = rearrange(pixel, "w -> 1 1 w") - rearrange(centre[:, 0], "n -> n 1 1")
@@ -129,9 +159,7 @@ def make_shapes(
     masks[torch.arange(n), centre_pixel[:, 1], centre_pixel[:, 0]] = True
 
     masks = rearrange(masks, "n h w -> n 1 h w")
-    images = torch.where(masks, rearrange(colour, "n c -> n c 1 1"), rearrange(background, "n -> n 1 1 1"))
-    if noise > 0:
-        images.add_(torch.randn(images.shape, generator=generator), alpha=noise).clamp_(-1, 1)
+    images = paint(masks, channels, noise, generator)
     return ImageDataset(
         images=images,
         labels=labels,

@@ -10,7 +10,9 @@ Nothing here executes code from the files: YAML is read safely, tensors with saf
 
 from __future__ import annotations
 
+import argparse
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -23,6 +25,7 @@ from xai_train.runs import (  # re-exported: the loader lives in xai_train.runs,
     checkpoint_folder,
     load_gan_run,
 )
+from xai_train.threads import configure_threads
 
 __all__ = [
     "DISCRIMINATOR_FILE",
@@ -30,8 +33,72 @@ __all__ = [
     "GANRun",
     "checkpoint_folder",
     "load_gan_run",
+    "parse_run_arguments",
+    "run_parser",
     "save_generator_folder",
 ]
+
+
+def run_parser(description: str | None) -> argparse.ArgumentParser:
+    """The argument parser of a recipe that reads a GAN run: ``run_dir`` first, the recipe adds its options.
+
+    Args:
+        description: the recipe's docstring (shown verbatim by ``--help``).
+
+    Returns:
+        The parser; finish with :func:`parse_run_arguments`.
+
+    Example:
+        See :func:`parse_run_arguments`.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a GAN run folder, e.g. runs/demo")
+    return parser
+
+
+def parse_run_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, GANRun]:
+    """Adds the options every GAN-run recipe shares, parses ``argv``, sets the threads and loads the run.
+
+    Shared options: ``--checkpoint`` (latest, best or step_<N>), ``--seed``, ``--out`` and ``--threads``.
+
+    Args:
+        parser: from :func:`run_parser`, with the recipe's own options added.
+        argv: the command line (``None``: ``sys.argv[1:]``).
+
+    Returns:
+        The parsed arguments and the loaded :class:`GANRun`.
+
+    Raises:
+        CheckpointError: the run or checkpoint cannot be loaded.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from xai_train.config import save_config
+        >>> from xai_train.config.gan import GANExperiment, GANModelConfig
+        >>> from xai_train.models import build_gan
+        >>> run_dir = Path(tempfile.mkdtemp())
+        >>> save_config(GANExperiment(model=GANModelConfig(g_width=8, d_width=8)), run_dir / "config.yaml")
+        >>> G, _ = build_gan("dcgan", image_size=32, channels=1, g_width=8, d_width=8)
+        >>> folder = save_generator_folder(G, run_dir, run_dir / "corrected")
+        >>> parser = run_parser("demo")
+        >>> parser.add_argument("--k", type=int, default=4)  # doctest: +ELLIPSIS
+        _StoreAction(...)
+        >>> threads = torch.get_num_threads()
+        >>> args, run = parse_run_arguments(parser, [str(folder), "--seed", "3", "--threads", "1"])
+        >>> args.k, args.seed, args.checkpoint, run.folder == folder
+        (4, 3, 'latest', True)
+        >>> torch.set_num_threads(threads)
+    """
+    parser.add_argument("--checkpoint", default="latest", help="'latest', 'best' or step_<N>")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
+    args = parser.parse_args(argv)
+    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else every CPU (waiting threads sleep)
+    return args, load_gan_run(args.run_dir, args.checkpoint)
 
 
 def save_generator_folder(generator: nn.Module, run_dir: str | Path, out: str | Path) -> Path:

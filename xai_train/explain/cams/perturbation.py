@@ -39,6 +39,36 @@ def predicted_index(output: Tensor, target: int | Tensor | None) -> Tensor:
     return torch.as_tensor(target, device=output.device).long().reshape(-1).expand(batch)
 
 
+def layer_forward(
+    name: str, model: nn.Module, images: Tensor, layer: nn.Module | None, target: int | Tensor | None, batch_size: int
+) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
+    """What both CAMs start from: checks ``batch_size``, resolves the layer, runs the model once (no grad).
+
+    Args:
+        name: the calling method, for the error message.
+        model: images -> (B,), (B, 1) or (B, C) outputs.
+        images: (B, C, H, W).
+        layer: the explained module, or None for the default.
+        target: class index per image for (B, C) outputs (None = predicted class).
+        batch_size: the caller's chunk size (must be >= 1).
+
+    Returns:
+        The layer, the model's output, the layer's (B, K, h, w) activations and the (B,) explained classes.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2))
+        >>> layer, output, activations, index = layer_forward("demo", model, torch.ones(2, 1, 4, 4), model[1], 1, 8)
+        >>> tuple(activations.shape), index.tolist(), layer is model[1]
+        ((2, 3, 4, 4), [1, 1], True)
+    """
+    if batch_size < 1:
+        raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
+    layer = resolve_layer(model, images, layer)
+    with torch.no_grad():
+        output, activations = forward_with_layer(model, images, layer)
+    return layer, output, activations, predicted_index(output, target)
+
+
 def minmax_masks(activations: Tensor, size: tuple[int, int]) -> Tensor:
     """ScoreCAM's masks: each upsampled channel min-max normalised to [0, 1] (constant channels -> 0).
 
@@ -81,13 +111,9 @@ def scorecam(
         >>> scorecam(model, torch.randn(2, 1, 4, 4), layer=model[1]).shape
         torch.Size([2, 1, 4, 4])
     """
-    if batch_size < 1:
-        raise ValueError(f"scorecam: batch_size must be >= 1, got {batch_size}")
-    layer = resolve_layer(model, images, layer)
+    layer, output, activations, index = layer_forward("scorecam", model, images, layer, target, batch_size)
     size = tuple(images.shape[-2:])
     with torch.no_grad():
-        output, activations = forward_with_layer(model, images, layer)
-        index = predicted_index(output, target)
         masks = minmax_masks(activations.float(), size)
         channels = masks.shape[1]
         masked = rearrange(images.unsqueeze(1) * masks.unsqueeze(2), "b k c h w -> (b k) c h w")
@@ -165,13 +191,9 @@ def ablationcam(
     """
     if expand not in EXPANSIONS:
         raise ValueError(f"ablationcam: unknown expand {expand!r}; choose one of: {', '.join(EXPANSIONS)}")
-    if batch_size < 1:
-        raise ValueError(f"ablationcam: batch_size must be >= 1, got {batch_size}")
-    layer = resolve_layer(model, images, layer)
+    layer, output, activations, index = layer_forward("ablationcam", model, images, layer, target, batch_size)
     batch = images.shape[0]
     with torch.no_grad():
-        output, activations = forward_with_layer(model, images, layer)
-        index = predicted_index(output, target)
         base = target_scores(output, index).float()
         channels = activations.shape[1]
         per_pass = max(1, batch_size // batch)
