@@ -88,8 +88,10 @@ def parse_run_arguments(
         _StoreAction(...)
         >>> threads = torch.get_num_threads()
         >>> args, run = parse_run_arguments(parser, [str(folder), "--seed", "3", "--threads", "1"])
-        >>> args.k, args.seed, args.checkpoint, run.folder == folder
-        (4, 3, 'latest', True)
+        >>> args.k, args.seed, args.checkpoint, run.folder == folder, run.discriminator
+        (4, 3, 'latest', True, None)
+        >>> torch.equal(run.generator.project.conv.weight, G.project.conv.weight)
+        True
         >>> torch.set_num_threads(threads)
     """
     parser.add_argument("--checkpoint", default="latest", help="'latest', 'best' or step_<N>")
@@ -111,17 +113,7 @@ def save_generator_folder(generator: nn.Module, run_dir: str | Path, out: str | 
         ``out``.
 
     Example:
-        >>> import tempfile
-        >>> import torch
-        >>> from xai_train.config import save_config
-        >>> from xai_train.config.gan import GANExperiment, GANModelConfig
-        >>> from xai_train.models import build_gan
-        >>> run_dir = Path(tempfile.mkdtemp())
-        >>> save_config(GANExperiment(model=GANModelConfig(g_width=8, d_width=8)), run_dir / "config.yaml")
-        >>> G, _ = build_gan("dcgan", image_size=32, channels=1, g_width=8, d_width=8)
-        >>> run = load_gan_run(save_generator_folder(G, run_dir, run_dir / "corrected"))
-        >>> torch.equal(run.generator.project.conv.weight, G.project.conv.weight), run.discriminator
-        (True, None)
+        See :func:`parse_run_arguments` (it loads a folder written here).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
