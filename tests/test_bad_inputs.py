@@ -228,7 +228,7 @@ def test_a_bug_is_not_a_user_error():
 
 
 @pytest.mark.slow
-def test_real_subprocesses(tmp_path):
+def test_real_subprocesses(tmp_path, process_groups):
     """A few cases as a user runs them: ``python recipes/<name>.py ...``, started together."""
     files = bad_files(tmp_path)
     out = f"run.output_dir={tmp_path / 'runs'}"
@@ -240,7 +240,7 @@ def test_real_subprocesses(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("XAI_TRAIN_DEBUG", None)
     procs = [
-        subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process_groups.start([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for args, _ in cases
     ]
     for proc, (_args, fragment) in zip(procs, cases, strict=True):

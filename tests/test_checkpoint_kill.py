@@ -37,9 +37,10 @@ KEEP = 2
 
 
 class Zygote:
-    def __init__(self):
+    def __init__(self, process_groups):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
+        self.process_groups = process_groups  # the zygote leads a process group: its forked children die with it
+        self.process = process_groups.start(
             [sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
         self.lines: queue.Queue = queue.Queue()
@@ -63,8 +64,7 @@ class Zygote:
 
     def close(self):
         self.process.stdin.close()
-        self.process.kill()
-        self.process.wait(timeout=30)
+        self.process_groups.close()  # SIGKILLs the zygote and any forked training process still running
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -84,10 +84,10 @@ def assert_same(a: Path, b: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker forks one training process per trial")
-def test_sigkill_at_any_moment_leaves_loadable_checkpoints_and_resume_is_bitwise(tmp_path):
+def test_sigkill_at_any_moment_leaves_loadable_checkpoints_and_resume_is_bitwise(tmp_path, process_groups):
     straight, chain = str(tmp_path / "straight"), str(tmp_path / "chain")
     rng = random.Random(0)
-    zygote = Zygote()
+    zygote = Zygote(process_groups)
     kills: list[str] = []
     try:
         zygote.start(run_dir=straight, keep=0, resume="")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_cpu_smoke_runs_every_step_and_writes_the_results(tmp_path):
+def test_cpu_smoke_runs_every_step_and_writes_the_results(tmp_path, process_groups):
     results = tmp_path / "results"
     environment = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(
+    done = process_groups.run(
         ["bash", str(REPO / "scripts" / "device_check.sh"), str(results), "--cpu-smoke"],
         cwd=tmp_path,  # the script finds the repository itself
         env=environment,
@@ -48,8 +47,10 @@ def test_cpu_smoke_runs_every_step_and_writes_the_results(tmp_path):
     assert "skipped" in (results / "tests.log").read_text()  # no CUDA here: the gpu tests skip, not fail
 
 
-def test_unknown_option_is_one_error_line_and_exit_2(tmp_path):
+def test_unknown_option_is_one_error_line_and_exit_2(tmp_path, process_groups):
     script = REPO / "scripts" / "device_check.sh"
-    done = subprocess.run(["bash", str(script), str(tmp_path), "--gpu"], capture_output=True, text=True, check=False)
+    done = process_groups.run(
+        ["bash", str(script), str(tmp_path), "--gpu"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 2
     assert done.stderr.splitlines()[0] == "error: unknown option '--gpu'; expected --cpu-smoke or --no-install"

@@ -4,7 +4,6 @@ no environment variable or torch setting changed (pytest's --doctest-modules imp
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,12 +30,12 @@ THIRD_PARTY_VARIABLES = {"TORCHINDUCTOR_CACHE_DIR"}
 
 
 @pytest.mark.slow
-def test_importing_every_module_has_no_side_effects(tmp_path):
+def test_importing_every_module_has_no_side_effects(tmp_path, process_groups):
     work = tmp_path / "work"  # HOME is elsewhere: matplotlib caches its font list there on first import
     work.mkdir()
     environment = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
     environment["OMP_NUM_THREADS"] = "1"
-    done = subprocess.run(
+    done = process_groups.run(
         [sys.executable, "-c", PROBE], cwd=work, env=environment, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_tiny_ablation_end_to_end(tmp_path):
+def test_tiny_ablation_end_to_end(tmp_path, process_groups):
     spec = {
         "recipe": "recipes/train_gan.py",
         "base": "configs/gan/dcgan_digits.yaml",
@@ -46,7 +45,7 @@ def test_tiny_ablation_end_to_end(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "recipes/ablate.py", str(config), "--output-dir", str(out)]
     # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    done = process_groups.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[cell 4/4] arm=grad seed=1: done" in done.stdout
 
@@ -59,5 +58,5 @@ def test_tiny_ablation_end_to_end(tmp_path):
     assert (out / "vanilla" / "seed_1" / "log.txt").is_file()
 
     # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
-    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    again = process_groups.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 4

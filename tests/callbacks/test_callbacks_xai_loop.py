@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -58,11 +57,11 @@ def test_logger_computes_its_own_mask_without_a_source(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
-def test_two_processes_keep_the_generator_identical(tmp_path):
+def test_two_processes_keep_the_generator_identical(tmp_path, process_groups):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(SCRIPT), "--out", str(tmp_path)]
     # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    completed = process_groups.run(command, env=env, capture_output=True, text=True, timeout=1800)
     assert completed.returncode == 0, completed.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["world"] == rank1["world"] == 2

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -222,7 +221,7 @@ def test_dataset_name_builds_the_real_set_and_a_cached_classifier(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, process_groups):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -235,7 +234,7 @@ def test_two_processes_match_one(tmp_path):
         str(tmp_path),
     ]
     # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    done = process_groups.run(command, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]
     two = read_lines(tmp_path / "run")
     run_loop(tmp_path / "single")

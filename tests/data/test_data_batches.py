@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -86,7 +85,7 @@ def test_ranks_together_give_the_single_process_batch_in_rank_order():
         assert all(stream.epoch == single.epoch for stream in ranks)
 
 
-def test_another_process_computes_the_same_rank_batches():
+def test_another_process_computes_the_same_rank_batches(process_groups):
     """A fresh interpreter (other hash seed, other global RNG) gives rank 1 the same batches."""
     code = (
         "import json, torch\n"
@@ -98,7 +97,7 @@ def test_another_process_computes_the_same_rank_batches():
     )
     env = {**os.environ, "PYTHONHASHSEED": "987", "OMP_NUM_THREADS": "1"}
     # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    result = process_groups.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr
     here = TensorBatches(torch.linspace(-1, 1, N).view(N, 1, 1, 1), batch_size=4, seed=3, rank=1, world_size=2)
     assert json.loads(result.stdout) == [here.next().flatten().tolist() for _ in range(9)]

@@ -1,5 +1,4 @@
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -149,7 +148,7 @@ def test_other_prediction_types_and_bf16(tmp_path, prediction_type):
 
 
 @pytest.mark.slow
-def test_two_process_run_matches_one_process_with_the_global_batch(tmp_path):
+def test_two_process_run_matches_one_process_with_the_global_batch(tmp_path, process_groups):
     """torchrun --nproc_per_node 2 with batch 4 per rank == one process with batch 8 (plain DDPM)."""
     common = [
         "--config",
@@ -175,9 +174,9 @@ def test_two_process_run_matches_one_process_with_the_global_batch(tmp_path):
         str(REPO / "recipes/train_diffusion.py"),
     ]
     # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
-    subprocess.run(two + common + ["run.name=two", "train.batch_size=4"], check=True, env=env, timeout=1800)
+    process_groups.run(two + common + ["run.name=two", "train.batch_size=4"], check=True, env=env, timeout=1800)
     one = [sys.executable, str(REPO / "recipes/train_diffusion.py")]
-    subprocess.run(one + common + ["run.name=one", "train.batch_size=8"], check=True, env=env, timeout=1800)
+    process_groups.run(one + common + ["run.name=one", "train.batch_size=8"], check=True, env=env, timeout=1800)
     weights = "checkpoints/step_3/model.safetensors"
     a, b = load_file(tmp_path / "two" / weights), load_file(tmp_path / "one" / weights)
     for name in a:
@@ -186,7 +185,7 @@ def test_two_process_run_matches_one_process_with_the_global_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_run_with_discriminator_and_both_callbacks(tmp_path):
+def test_two_process_run_with_discriminator_and_both_callbacks(tmp_path, process_groups):
     """DDP over UNet and D, the curriculum's gather, the replay buffer's gather, then a resume."""
     command = [
         sys.executable,
@@ -220,8 +219,8 @@ def test_two_process_run_with_discriminator_and_both_callbacks(tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
-    subprocess.run(command + ["train.max_steps=2"], check=True, env=env, timeout=1800)
-    subprocess.run(command + ["train.max_steps=4", "run.resume=auto"], check=True, env=env, timeout=1800)
+    process_groups.run(command + ["train.max_steps=2"], check=True, env=env, timeout=1800)
+    process_groups.run(command + ["train.max_steps=4", "run.resume=auto"], check=True, env=env, timeout=1800)
     run = tmp_path / "xai"
     assert (run / "checkpoints" / "step_4" / "model_1.safetensors").is_file()
     assert (run / "maps.png").is_file() and (run / "pipeline" / "model_index.json").is_file()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def test_gan_run_report_has_the_grid_the_table_and_timings(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")  # torch.jit is deprecated
-def test_safetensors_classifier_and_an_unreadable_checkpoint(tmp_path):
+def test_safetensors_classifier_and_an_unreadable_checkpoint(tmp_path, process_groups):
     torch.manual_seed(0)
     weights = tmp_path / "clf.safetensors"
     save_file(FeatureClassifier(1, 3, width=4, num_features=8).state_dict(), weights)
@@ -96,8 +95,9 @@ def test_safetensors_classifier_and_an_unreadable_checkpoint(tmp_path):
     (run_dir / "checkpoints" / "step_2" / "model_1.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="cannot load"):
         recipe().main([str(run_dir), "--methods", "gradcam", "--num-images", "4"])
-    result = subprocess.run(
+    result = process_groups.run(
         [sys.executable, str(ROOT / "recipes" / "explain.py"), str(run_dir), "--methods", "gradcam"],
+        timeout=900,
         capture_output=True,
         text=True,
         cwd=ROOT,

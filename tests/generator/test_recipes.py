@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -64,9 +63,9 @@ def test_user_errors_are_caught_before_any_work(tiny_run, script, extra, message
         recipe(script).main([str(tiny_run), *extra])
 
 
-def test_a_user_error_exits_with_code_2(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "dissect.py"), str(tmp_path)],
+def test_a_user_error_exits_with_code_2(tmp_path, process_groups):
+    done = process_groups.run(
+        [sys.executable, str(ROOT / "recipes" / "dissect.py"), str(tmp_path)], timeout=600,
         capture_output=True, text=True, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": ""},
     )  # fmt: skip
     assert done.returncode == 2

@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_a_failure_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
+def test_a_failure_on_one_rank_stops_every_rank_with_the_same_error(tmp_path, process_groups):
     # The environment torchrun sets, but without its agent: torchrun kills the other workers as soon as
     # one fails, which would hide whether each rank stopped by itself (and with which message).
     port = free_port()
@@ -38,13 +38,13 @@ def test_a_failure_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
             "LOCAL_WORLD_SIZE": "2",
         }
         command = [sys.executable, str(WORKER), str(tmp_path)]
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        processes.append(process_groups.start(command, env=env, **pipes))
     try:
         # Generous: two processes on a loaded 2-core machine. A rank-local decision hangs here instead.
         outputs = [p.communicate(timeout=300) for p in processes]
     finally:
-        for p in processes:
-            p.kill()
+        process_groups.close()  # each rank and anything it started (SIGKILL to its process group)
     for rank, (process, (_, stderr)) in enumerate(zip(processes, outputs, strict=True)):
         assert process.returncode == 1, f"rank {rank}: {stderr[-3000:]}"
         assert "CheckpointError: rank 1: cannot resume from" in stderr, stderr[-3000:]

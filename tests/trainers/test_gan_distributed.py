@@ -1,7 +1,6 @@
 """Real two-process runs (torchrun, gloo on CPU) against a one-process run of the same global batch."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from safetensors.torch import load_file
 WORKER = Path(__file__).with_name("dist_gan_worker.py")
 
 
-def launch(out: Path, processes: int, batch: int, steps: int, *extra: str) -> None:
+def launch(process_groups, out: Path, processes: int, batch: int, steps: int, *extra: str) -> None:
     command = [
         sys.executable,
         "-m",
@@ -26,15 +25,15 @@ def launch(out: Path, processes: int, batch: int, steps: int, *extra: str) -> No
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
+    result = process_groups.run(command, capture_output=True, text=True, timeout=1800, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [(), ("xai",)], ids=["vanilla", "xai_gradient_mask"])
-def test_two_processes_match_one_process_with_the_global_batch(tmp_path, extra):
-    launch(tmp_path / "two", 2, 8, 5, *extra)
-    launch(tmp_path / "one", 1, 16, 5, *extra)
+def test_two_processes_match_one_process_with_the_global_batch(tmp_path, extra, process_groups):
+    launch(process_groups, tmp_path / "two", 2, 8, 5, *extra)
+    launch(process_groups, tmp_path / "one", 1, 16, 5, *extra)
     rank0 = load_file(tmp_path / "two" / "rank0.safetensors")
     rank1 = load_file(tmp_path / "two" / "rank1.safetensors")
     single = load_file(tmp_path / "one" / "rank0.safetensors")
