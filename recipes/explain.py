@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--classifier", help="digits | shapes | parts_shapes | a .pt (TorchScript) or .safetensors")
     parser.add_argument("--data", help="images for a classifier: digits | shapes | parts_shapes (default: its own)")
     parser.add_argument("--methods", default="all", help="'all' or comma-separated names, e.g. gradcam,layercam")
-    parser.add_argument("--checkpoint", default="latest", help="'latest' or step_<N> (GAN runs)")
+    parser.add_argument("--checkpoint", default="latest", help="'latest', 'best' or step_<N> (GAN runs)")
     parser.add_argument("--layer", help="module name of the CAM layer (default: D.feature_layer / last spatial conv)")
     parser.add_argument("--num-images", type=int, default=32, help="real images scored (and fakes shown)")
     parser.add_argument("--grid-images", type=int, help="real (and fake) columns in grid.png (default: up to 8)")

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    parser.add_argument("--checkpoint", default="", help="'latest' or step_<N>; default: the exported pipeline")
+    parser.add_argument("--checkpoint", default="", help="'latest', 'best' or step_<N>; default: the exported pipeline")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     args = parser.parse_args(argv)
