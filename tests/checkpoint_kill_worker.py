@@ -5,11 +5,14 @@ that the test SIGKILLs. Forking keeps the ~5-10 s import out of every trial. The
 moment chosen by the test and then blocks, so the kill lands exactly there:
 
     stdin  (one JSON request per line): {"run_dir": ..., "keep": 2, "resume": "auto",
-                                          "kill_at": ["rmtree", 3] | null, "verify": false}
+                                          "kill_at": ["rmtree", 3] | null, "cap": ["step", 3] | null,
+                                          "verify": false}
     stdout: "pid <pid>", then "ready <event>" when the kill moment is reached, then "exit <status>"
 
 Events are the I/O steps of saving and pruning (each file written, each ``os.replace`` before and after,
-each file unlinked by ``shutil.rmtree``) and each training step. With ``verify`` the child instead loads
+each file unlinked by ``shutil.rmtree``) and each training step. ``cap`` blocks silently at an event: a kill
+at a random time then lands before it, so a trial never runs far whatever the machine's speed. With
+``verify`` the child instead loads
 every listed checkpoint through the trainer and prints "verified <names>".
 """
 
@@ -30,7 +33,7 @@ from xai_train.checkpoint import list_checkpoints
 from xai_train.config.gan import GANTrainConfig
 from xai_train.trainers import GANTrainer
 
-MAX_STEPS = 48
+MAX_STEPS = 96  # far more than 30 trials can use up: every trial is bounded in steps (see ``cap``)
 
 
 class TinyGenerator(nn.Module):
@@ -72,10 +75,11 @@ def make_trainer(run_dir: str, keep: int, resume: str) -> GANTrainer:
     return GANTrainer(*models, images, config, run_dir=run_dir, resume=resume, seed=0, cpu=True)
 
 
-def instrument(kill_at: list | None) -> None:
-    """Wraps the I/O functions so that each call is an event; blocks at the chosen one."""
+def instrument(kill_at: list | None, cap: list | None = None) -> None:
+    """Wraps the I/O functions so that each call is an event; blocks at the chosen one (or, silently, at ``cap``)."""
     pattern, nth = kill_at if kill_at else (None, 0)
-    seen = {"count": 0}
+    cap_pattern, cap_nth = cap if cap else (None, 0)
+    seen = {"count": 0, "cap": 0}
 
     def event(description: str) -> None:
         if pattern is not None and description.startswith(pattern):
@@ -83,6 +87,10 @@ def instrument(kill_at: list | None) -> None:
             if seen["count"] == nth:
                 print(f"ready {description}", flush=True)
                 time.sleep(600)  # the test kills it long before
+        if cap_pattern is not None and description.startswith(cap_pattern):
+            seen["cap"] += 1
+            if seen["cap"] == cap_nth:
+                time.sleep(600)
 
     def wrap(function, name):
         def wrapped(*args, **kwargs):
@@ -130,7 +138,7 @@ def child(request: dict) -> None:
             assert state["step"] == int(folder.name[5:]), (folder, state["step"])
         print("verified " + " ".join(p.name for p in listed), flush=True)
         return
-    instrument(request.get("kill_at"))
+    instrument(request.get("kill_at"), request.get("cap"))
     trainer = make_trainer(request["run_dir"], request["keep"], request["resume"])
     trainer.train()
 

@@ -32,6 +32,7 @@ MOMENTS = [
     ("step", 2),  # in the middle of training
     ("time", 0),  # a random moment in the first 0.3 s: startup and loading the checkpoint
 ]
+TIME_CAP = ["step", 3]  # a random-time trial blocks before its third step: slow or fast machine, it never runs far
 TRIALS = 30
 KEEP = 2
 
@@ -96,7 +97,8 @@ def test_sigkill_at_any_moment_leaves_loadable_checkpoints_and_resume_is_bitwise
         for trial in range(TRIALS):
             pattern, limit = MOMENTS[trial % len(MOMENTS)]
             kill_at = None if pattern == "time" else [pattern, rng.randint(1, limit)]
-            pid = zygote.start(run_dir=chain, keep=KEEP, resume="auto", kill_at=kill_at)
+            cap = TIME_CAP if kill_at is None else None
+            pid = zygote.start(run_dir=chain, keep=KEEP, resume="auto", kill_at=kill_at, cap=cap)
             if kill_at is None:
                 time.sleep(rng.uniform(0.0, 0.3))
             else:
@@ -128,6 +130,6 @@ def test_sigkill_at_any_moment_leaves_loadable_checkpoints_and_resume_is_bitwise
     assert len(kills) == TRIALS, kills
     assert {k.split()[0] for k in kills} >= {"after", "before", "rmtree", "step", "random"}
     final = list_checkpoints(Path(chain) / "checkpoints")
-    assert [p.name for p in final] == ["step_47", "step_48"]
-    assert sorted(p.name for p in (Path(chain) / "checkpoints").iterdir()) == ["step_47", "step_48"]
-    assert_same(final[-1], reference["step_48"])
+    assert [p.name for p in final] == ["step_95", "step_96"]
+    assert sorted(p.name for p in (Path(chain) / "checkpoints").iterdir()) == ["step_95", "step_96"]
+    assert_same(final[-1], reference["step_96"])
