@@ -19,6 +19,10 @@ panel.png (AttFind: attfind_class<c>_rank<r>.png), summary.csv, tensorboard/. Me
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads OpenMP (see xai_train/threads.py)
+
 import argparse
 import json
 import time
@@ -51,6 +55,7 @@ from xai_train.diffusion.pipeline import load_pipeline
 from xai_train.errors import UserError
 from xai_train.generator.run import load_gan_run
 from xai_train.images import make_grid, to_unit_range
+from xai_train.threads import configure_threads
 
 METHODS = ("manifold", "ganmex", "attfind")
 FLOW = dict(num_couplings=8, hidden=128, steps=2000, lr=2e-3, dequantize=2 / 16)  # 17 grey levels -> 2/16
@@ -85,6 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flow-path", type=Path, default=Path("runs/flow_digits/flow.safetensors"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     return parser.parse_args(argv)
 
 
@@ -127,6 +133,7 @@ def diffusion_decoder(run_dir: Path, steps: int) -> tuple[DiffusionDecoder, obje
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    configure_threads(args.threads)
     torch.manual_seed(args.seed)
 
     # The generator (and, for a GAN, its discriminator as GANMEX's realism critic) and the data it models.

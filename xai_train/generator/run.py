@@ -99,7 +99,7 @@ def parse_run_arguments(
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", help="torch CPU threads, a number or 'auto' (default: xai_train/threads.py)")
     args = parser.parse_args(argv)
-    configure_threads(args.threads)  # OMP_NUM_THREADS if set, else every CPU (waiting threads sleep)
+    configure_threads(args.threads)  # --threads, XAI_TRAIN_THREADS, OMP_NUM_THREADS, else half the CPUs
     return args, load_gan_run(args.run_dir, args.checkpoint)
 
 
