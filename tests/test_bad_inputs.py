@@ -114,6 +114,11 @@ CLI_CASES = [
     ("train_diffusion", ["data.name=cifar10"], ["data.root=''", "set data.root="]),
     (
         "train_gan",
+        ["xai.method=gradcampp", "xai.explainer_options={target: 5}"],
+        ["xai.explainer_options.target=5", "one logit"],
+    ),
+    (
+        "train_gan",
         ["xai.method=deeplift_shap", "xai.explainer_options={n_baselines: 0}"],
         ["xai.explainer_options", "n_baselines must be None (the default) or a whole number >= 1; got 0"],
     ),

@@ -138,6 +138,11 @@ def check_xaigan_options(
             check_method(method, options)
         except (ValueError, TypeError) as err:
             raise type(err)(f"explainer_options={dict(explainer_options or {})!r}: {err}") from None
+        if options.get("target") not in (None, 0):  # a CAM's class index: D has one logit
+            raise UserError(
+                f"explainer_options.target={options['target']!r}: the discriminator has one logit; "
+                "use target 0 or leave it out"
+            )
     check_alpha(alpha, allow_sign_flip=allow_sign_flip)
     _check_bool("allow_sign_flip", allow_sign_flip)
     _check_int("alpha_warmup_steps", alpha_warmup_steps, 0, "0 = no ramp")
