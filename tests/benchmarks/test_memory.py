@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import pytest
 
 from xai_train.benchmarks import slope_per_100, trace_rss
@@ -18,18 +20,28 @@ def test_slope_is_the_least_squares_fit():
     assert slope_per_100([3, 3], [1.0, 2.0]) == 0.0
 
 
+def resident_block() -> mmap.mmap:
+    """2 MiB of fresh anonymous pages, each touched so it is resident. mmap, not bytes: malloc would reuse
+    pages freed earlier in this process (already resident), and the measured growth would fall short."""
+    block = mmap.mmap(-1, 2 * MIB)
+    for offset in range(0, 2 * MIB, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
+
+
 def test_a_real_leak_is_found_and_a_freeing_step_is_not():
     kept = []
 
     def leak() -> None:
-        kept.append(b"x" * (2 * MIB))  # touched pages: resident, 2 MiB per step
+        kept.append(resident_block())  # 2 MiB per step stays resident
 
     def no_leak() -> None:
-        b"x" * (2 * MIB)  # allocated and freed
+        resident_block().close()  # allocated, touched and returned to the system
 
     leaking = trace_rss(leak, 30, every=5)
     flat = trace_rss(no_leak, 30, every=5)
-    kept.clear()
+    for block in kept:
+        block.close()
     assert leaking.steps == [0, 5, 10, 15, 20, 25, 30]
     assert leaking.slope_mb_per_100_steps == pytest.approx(200.0, rel=0.15)
     assert abs(flat.slope_mb_per_100_steps) < 20.0
