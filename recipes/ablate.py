@@ -29,6 +29,7 @@ from pathlib import Path
 from xai_train.ablation.report import write_report
 from xai_train.ablation.runner import run_cells
 from xai_train.ablation.spec import AblationSpec, expand_cells, load_spec, validate_cells
+from xai_train.atomic import atomic_write
 from xai_train.cli import run_main
 from xai_train.config import ConfigError, parse_override
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = [outcome for outcome in outcomes if outcome.status == "failed"]
         ablation_dir.mkdir(parents=True, exist_ok=True)
         command = shlex.join([os.path.relpath(sys.executable), *sys.argv]) if argv is None else shlex.join(argv)
-        (ablation_dir / "ablate_command.txt").write_text(command + "\n")
+        atomic_write(ablation_dir / "ablate_command.txt", command + "\n")
 
     paths = write_report(spec, ablation_dir)
     print("results: " + ", ".join(str(path) for path in paths))

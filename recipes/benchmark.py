@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from callbacks import ImportanceNoiseSchedule, ImportanceWeightedLoss, SelfRefiningDiffusion, XAIGradientMask
+from xai_train.atomic import atomic_write
 from xai_train.benchmarks import (
     compare_policies,
     default_policies,
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> str:
     print(text)
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text + "\n")
+        atomic_write(args.markdown, text + "\n")
     return text
 
 

@@ -28,6 +28,7 @@ import argparse
 import json
 from pathlib import Path
 
+from xai_train.atomic import atomic_write
 from xai_train.cli import run_main
 from xai_train.data import build_dataset, load_image_folder
 from xai_train.errors import UserError
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         "units": {r.layer: r.order[: args.k] for r in rankings}, "baked_minus_hooked": difference,
         "num_samples": args.num_samples,
     }  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     report = [
         f"# Artifact-unit correction of {args.run_dir}: scorer `{args.scorer}`, layers {', '.join(args.layers)}",
         f"{args.num_samples} samples, {summary['flagged']} flagged ({args.flag_fraction:.0%}); suppressed units "
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         "Rows of `before_after.png`: flagged samples, corrected, random-unit control.",
         "![before/after](before_after.png)",
     ]
-    (out / "report.md").write_text("\n\n".join(report) + "\n")
+    atomic_write(out / "report.md", "\n\n".join(report) + "\n")
     print(f"corrected {args.layers} with scorer {args.scorer}: units {summary['units']} -> {out}")
     return summary
 

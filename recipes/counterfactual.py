@@ -33,6 +33,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 
+from xai_train.atomic import atomic_write
 from xai_train.cli import run_main
 from xai_train.config import load_config
 from xai_train.config.diffusion import DiffusionExperiment
@@ -108,7 +109,7 @@ def flow_decoder(path: Path, image_size: int) -> tuple[FlowDecoder, dict]:
         meta = {**FLOW, "train_time_s": time.perf_counter() - start}
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(flow.state_dict(), str(path))
-        meta_path.write_text(json.dumps(meta, indent=2))
+        atomic_write(meta_path, json.dumps(meta, indent=2))
     meta["log_prob_per_dim"] = float(flow.eval().log_prob(low).mean() / 64)  # nats, images in [-1, 1]
     return FlowDecoder(flow.requires_grad_(False), shape=(1, 8, 8), image_size=image_size), meta
 

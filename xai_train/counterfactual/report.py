@@ -11,6 +11,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from xai_train.atomic import atomic_path
 from xai_train.errors import UserError
 from xai_train.images import make_grid, to_unit_range
 
@@ -81,7 +82,7 @@ def write_rows(rows: Sequence[dict[str, object]], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns)
         writer.writeheader()
         writer.writerows({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows)
@@ -137,6 +138,7 @@ def save_panel(rows: Sequence[tuple[str, Tensor]], path: str | Path, captions: S
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or None)
     plt.close(figure)
     return path

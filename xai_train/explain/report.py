@@ -25,6 +25,7 @@ import torch
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
+from xai_train.atomic import atomic_path, atomic_write
 from xai_train.explain.attribute import METHODS, attribute
 from xai_train.explain.base import explaining
 from xai_train.explain.cams import CAM_METHODS, cam
@@ -260,7 +261,8 @@ def save_labelled_grid(
     axes.tick_params(length=0)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or None)
     plt.close(figure)
     return path
 
@@ -277,7 +279,7 @@ def write_table(rows: dict[str, dict[str, float]], directory: Path, title: str) 
     columns = list(dict.fromkeys(key for row in rows.values() for key in row))
     directory.mkdir(parents=True, exist_ok=True)
     csv_path = directory / "metrics.csv"
-    with csv_path.open("w", newline="") as handle:
+    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", *columns])
         for method, row in rows.items():
@@ -295,5 +297,5 @@ def write_table(rows: dict[str, dict[str, float]], directory: Path, title: str) 
     for method, row in rows.items():
         lines.append(f"| {method} | " + " | ".join(f"{row[c]:.3f}" if c in row else "" for c in columns) + " |")
     md_path = directory / "metrics.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    atomic_write(md_path, "\n".join(lines) + "\n")
     return md_path, csv_path

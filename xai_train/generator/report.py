@@ -10,6 +10,7 @@ import torch
 from einops import reduce, repeat
 from torch import Tensor
 
+from xai_train.atomic import atomic_path
 from xai_train.explain import overlay
 from xai_train.generator.iou import upsample
 from xai_train.images import make_grid, save_png, to_unit_range
@@ -103,7 +104,7 @@ def write_csv(rows: Sequence[Mapping[str, object]], path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
