@@ -3,7 +3,6 @@
 Each rank samples its own EMA images for the FAM (seeded by rank); the mean is all-reduced."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,8 +14,9 @@ WORKER = Path(__file__).with_name("srd_dist_worker.py")
 
 
 @pytest.mark.slow
-def test_two_processes_compute_the_same_fam(tmp_path):
-    """Online FH: trained offline at the switch (then averaged over ranks), then on each rank's batch (gradients averaged)."""
+def test_two_processes_compute_the_same_fam(tmp_path, process_groups):
+    """Online FH: trained offline at the switch (then averaged over ranks), then on each rank's batch
+    (gradients averaged)."""
     command = [
         sys.executable,
         "-m",
@@ -28,7 +28,7 @@ def test_two_processes_compute_the_same_fam(tmp_path):
         "online",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = process_groups.run(command, capture_output=True, text=True, timeout=1800, env=env)  # a hang guard
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert int(rank0["refreshes"]) == 2
