@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 
 from xai_train.atomic import atomic_write
-from xai_train.cli import run_main
+from xai_train.cli import count, run_main
 from xai_train.data import build_dataset, load_image_folder
 from xai_train.errors import UserError
 from xai_train.explain import METHODS
@@ -84,12 +84,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = run_parser(__doc__)
     parser.add_argument("--scorer", choices=SCORERS, default="rare")
     parser.add_argument("--layers", nargs="+", default=["upsample.0.act"], help="one (global) or several (sequential)")
-    parser.add_argument("--k", type=int, default=4, help="units suppressed per layer in the corrected generator")
+    parser.add_argument("--k", type=count, default=4, help="units suppressed per layer in the corrected generator")
     parser.add_argument("--strength", type=float, default=1.0, help="s in r <- (1 - s) r; 1 ablates")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="the k-sweep")
+    parser.add_argument("--ks", type=count, nargs="+", default=[1, 2, 4, 8, 16], help="the k-sweep")
     parser.add_argument("--random-seeds", type=int, default=3, help="random-unit controls per k")
     parser.add_argument("--flag-fraction", type=float, default=0.2, help="share of samples flagged as flawed")
-    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--num-samples", type=count, default=2000)
     parser.add_argument("--cam", default="gradcam", help=f"pseudo-mask explainer, one of: {', '.join(METHODS)}")
     parser.add_argument("--cam-threshold", type=float, default=0.3, help="pseudo mask: normalised CAM above this")
     parser.add_argument("--rare-frequency", type=float, default=0.3, help="rare units fire on at most this share")

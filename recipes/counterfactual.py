@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 
 from xai_train.atomic import atomic_write
-from xai_train.cli import run_main
+from xai_train.cli import count, run_main
 from xai_train.config import load_config
 from xai_train.config.diffusion import DiffusionExperiment
 from xai_train.counterfactual import (
@@ -67,12 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--classifier", required=True, help="digits | shapes | parts_shapes | <file>.safetensors")
     parser.add_argument("--generator", required=True, help="a GAN run directory, or 'flow'")
     parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--num-images", type=count, default=64)
     parser.add_argument("--target", type=int, default=None, help="target class; default (prediction + 1) mod K")
     parser.add_argument("--steps", type=int, default=200, help="counterfactual / GANMEX optimisation steps")
     parser.add_argument("--lr", type=float, default=None, help="default: 5e-2 (flow, GAN on CPU), 0.05 (GANMEX)")
     parser.add_argument("--inversion-steps", type=int, default=200, help="GAN inversion cap (paper: 5000)")
-    parser.add_argument("--ddim-steps", type=int, default=10, help="diffusion run: DDIM steps of g and g⁻¹")
+    parser.add_argument("--ddim-steps", type=count, default=10, help="diffusion run: DDIM steps of g and g⁻¹")
     parser.add_argument("--adversarial-lr", type=float, default=5e-4, help="pixel attack (the authors' 5e-4)")
     parser.add_argument("--adversarial-steps", type=int, default=1000)
     parser.add_argument(
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="latent",
         help="AttFind: 'latent' (z's coordinates) or a module of G whose channels shift, e.g. project",
     )
-    parser.add_argument("--top-k", type=int, default=8, help="AttFind: attributes per class")
+    parser.add_argument("--top-k", type=count, default=8, help="AttFind: attributes per class")
     parser.add_argument(
         "--sim-weight", type=float, default=0.01, help="GANMEX: weight of ‖x − x̂‖₁ (paper: 1; see the docs)"
     )

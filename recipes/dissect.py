@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from xai_train.cli import run_main
+from xai_train.cli import count, run_main
 from xai_train.generator.dissect import THRESHOLD_MODES, add_unit_effects, causal_effects, dissect
 from xai_train.generator.report import markdown_table, rows_grid, unit_grid, write_images
 from xai_train.generator.run import parse_run_arguments, run_parser
@@ -33,14 +33,14 @@ from xai_train.generator.units import UnitEdit, find_layer, generate, sample_lat
 def main(argv: list[str] | None = None) -> dict:
     parser = run_parser(__doc__)
     parser.add_argument("--layer", default="upsample.0.act", help="generator layer whose channels are the units")
-    parser.add_argument("--num-samples", type=int, default=2000, help="generated samples for the IoU")
+    parser.add_argument("--num-samples", type=count, default=2000, help="generated samples for the IoU")
     parser.add_argument("--threshold", choices=THRESHOLD_MODES, default="quantile", help="unit threshold rule")
     parser.add_argument("--level", type=float, default=0.99, help="top-quantile level (the paper: 0.99-0.995)")
-    parser.add_argument("--causal-samples", type=int, default=200, help="samples per causal-effect estimate")
-    parser.add_argument("--causal-units", type=int, default=16, help="top units whose single-unit effects are measured")
-    parser.add_argument("--set-size", type=int, default=4, help="units per concept ablated/inserted together")
+    parser.add_argument("--causal-samples", type=count, default=200, help="samples per causal-effect estimate")
+    parser.add_argument("--causal-units", type=count, default=16, help="top units whose effects are measured")
+    parser.add_argument("--set-size", type=count, default=4, help="units per concept ablated/inserted together")
     parser.add_argument("--segmenter-steps", type=int, default=SegmenterRecipe.steps, help="if trained (cached)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=count, default=256)
     args, run = parse_run_arguments(parser, argv)  # also --checkpoint, --seed, --out, --threads
     G, data = run.generator, run.config.data
     find_layer(G, args.layer)  # a clear error before any work

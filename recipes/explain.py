@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from xai_train import runs
 from xai_train.checkpoint import CheckpointError
-from xai_train.cli import run_main
+from xai_train.cli import count, run_main
 from xai_train.config import ConfigError
 from xai_train.data import build_dataset
 from xai_train.explain.galore import galore_maps
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--methods", default="all", help="'all' or comma-separated names, e.g. gradcam,layercam")
     parser.add_argument("--checkpoint", default="latest", help="'latest', 'best' or step_<N> (GAN runs)")
     parser.add_argument("--layer", help="module name of the CAM layer (default: D.feature_layer / last spatial conv)")
-    parser.add_argument("--num-images", type=int, default=32, help="real images scored (and fakes shown)")
-    parser.add_argument("--grid-images", type=int, help="real (and fake) columns in grid.png (default: up to 8)")
+    parser.add_argument("--num-images", type=count, default=32, help="real images scored (and fakes shown)")
+    parser.add_argument("--grid-images", type=count, help="real (and fake) columns in grid.png (default: up to 8)")
     parser.add_argument("--removal", default="blur", help="deletion/insertion removal: constant | blur | road")
     parser.add_argument(
         "--score", default="auto", help="deletion/insertion track: probability | logit | auto (D: logit)"

@@ -22,7 +22,7 @@ import json
 import torch
 from tqdm.auto import tqdm
 
-from xai_train.cli import run_main
+from xai_train.cli import count, run_main
 from xai_train.generator.egbas import explore, region_constraints, supporting_set
 from xai_train.generator.report import class_agreement, markdown_table, rows_grid, write_csv, write_images
 from xai_train.generator.run import parse_run_arguments, run_parser
@@ -32,8 +32,8 @@ from xai_train.metrics import ClassifierRecipe, domain_feature_extractor
 
 def main(argv: list[str] | None = None) -> dict:
     parser = run_parser(__doc__)
-    parser.add_argument("--num-queries", type=int, default=8)
-    parser.add_argument("--num-samples", type=int, default=32, help="accepted samples per query")
+    parser.add_argument("--num-queries", type=count, default=8)
+    parser.add_argument("--num-samples", type=count, default=32, help="accepted samples per query")
     parser.add_argument("--radius", type=float, default=3.0, help="longest ray searched (latent units)")
     parser.add_argument("--boundary-layer", default="project.norm", help="pre-activations (the boundaries)")
     parser.add_argument("--activation-layer", default="project.act", help="units masked for the supporting set")

@@ -293,3 +293,21 @@ def test_sample_names_a_bad_checkpoint_or_pipeline(recipes, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # control: the intact checkpoint samples
         run_main(recipes["sample"].main, [str(run), "--num-images", "1", "--steps", "1", "--checkpoint", "step_1"])
     assert exit_info.value.code == 0 and (out / "samples.npz").is_file()
+
+
+@pytest.mark.parametrize(
+    "recipe, args",
+    [
+        ("explore", ["runs/demo", "--num-queries", "-1"]),
+        ("dissect", ["runs/demo", "--num-samples", "0"]),
+        ("correct_units", ["runs/demo", "--ks", "1", "0"]),
+        ("explain", ["runs/demo", "--num-images", "two"]),
+        ("counterfactual", ["--num-images", "0"]),
+    ],
+)
+def test_analysis_recipes_refuse_a_count_below_one_before_loading(recipe, args, capsys):
+    """Counts (images, samples, queries, k) are parsed as whole numbers >= 1: argparse's one error line, exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        load_recipe(recipe).main(args)
+    err = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and "must be a whole number >= 1" in err[-1], err

@@ -10,6 +10,7 @@ environment shows the traceback of user errors too.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +25,26 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, DataError, Checkpoint
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "XAI_TRAIN_DEBUG"
+
+
+def count(text: str) -> int:
+    """argparse type for a count (images, samples, queries, batch size): a whole number >= 1.
+
+    Example:
+        >>> count("8")
+        8
+        >>> count("-1")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be a whole number >= 1, got '-1'
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def one_line(err: BaseException) -> str:
