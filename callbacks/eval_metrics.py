@@ -242,8 +242,9 @@ class EvalMetrics(Callback):
                 evaluator.update(real=chunk)
             self._real_added = True
         evaluator.reset(real=False)
-        for start, size in self._my_batches(state):
-            evaluator.update(fake=self._generate(state, start, size))
+        with evaluator.fixed_threads():  # CPU: one thread, so the samples do not depend on --threads either
+            for start, size in self._my_batches(state):
+                evaluator.update(fake=self._generate(state, start, size))
         results = self._agree(state, evaluator.compute())
         value = float(results[self.monitor])
         lower_is_better = self.monitor not in HIGHER_IS_BETTER
@@ -253,6 +254,7 @@ class EvalMetrics(Callback):
         record = {
             "step": state.step,
             **results,
+            "extractor_sha256": self.extractor_sha256,
             "num_samples": results["num_fake"],
             "is_best": improved,
             "eval_time_s": time.perf_counter() - start_time,
@@ -288,6 +290,17 @@ class EvalMetrics(Callback):
                 "metrics": record,
             }
             atomic_write(run_dir / "best.json", json.dumps(best, indent=2))
+
+    @property
+    def extractor_sha256(self) -> str | None:
+        """SHA-256 of the extractor's weights (``None`` for an extractor without one, e.g. a user's module)."""
+        return getattr(self.extractor, "metadata", {}).get("sha256")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The extractor, for the run's environment fingerprint (its name carries its weights' hash)."""
+        if self.extractor is None:
+            return {}
+        return {"extractor": self.extractor.name, "extractor_sha256": self.extractor_sha256}
 
     # --- checkpoint state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

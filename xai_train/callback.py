@@ -204,6 +204,11 @@ class Callback:
     def on_sample(self, state: TrainState, samples: Tensor) -> None:
         """After the trainer drew its periodic samples (N, C, H, W) in [-1, 1]."""
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What this callback adds to the run's environment fingerprint (``summary.json``): anything that
+        changes the run's numbers, e.g. ``EvalMetrics``' feature extractor. JSON-ready values only."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -275,6 +280,13 @@ class CallbackList:
         if callback.state_key is not None and callback.state_key in [cb.state_key for cb in self.callbacks]:
             raise ValueError(f"callbacks share the state_key '{callback.state_key}'; give each its own key")
         self.callbacks.append(callback)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Every callback's ``fingerprint()``, merged in order."""
+        merged: dict[str, Any] = {}
+        for cb in self.callbacks:
+            merged.update(cb.fingerprint())
+        return merged
 
     # --- hooks -------------------------------------------------------------------------------------
     def on_train_start(self, state: TrainState) -> None:

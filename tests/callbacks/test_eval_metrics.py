@@ -104,9 +104,12 @@ def test_loop_writes_metrics_and_tracks_the_best_step(tmp_path):
         "num_samples",
         "is_best",
         "eval_time_s",
+        "extractor_sha256",
     }
     assert all(set(line) == expected for line in lines)
     assert all(line["extractor"] == "toy-cnn" and line["num_samples"] == 100 for line in lines)
+    assert all(line["extractor_sha256"] is None for line in lines)  # a user's extractor without a hash
+    assert eval_metrics.fingerprint() == {"extractor": "toy-cnn", "extractor_sha256": None}
     assert all(line["num_real"] == 1797 for line in lines)
     best = min(lines, key=lambda line: line["fd"])
     assert eval_metrics.best_step == best["step"] and eval_metrics.best_value == best["fd"]
@@ -216,7 +219,9 @@ def test_dataset_name_builds_the_real_set_and_a_cached_classifier(tmp_path):
     key = recipe_key("digits", 8, 1, recipe)
     assert (tmp_path / "cache" / f"digits-8px-1c-{key}.safetensors").is_file()
     lines = read_lines(tmp_path / "run")
-    assert {line["extractor"] for line in lines} == {f"digits-8-cnn-{key[:6]}"}
+    sha256 = eval_metrics.extractor.metadata["sha256"]
+    assert {line["extractor"] for line in lines} == {f"digits-8-cnn-{sha256[:8]}"}
+    assert {line["extractor_sha256"] for line in lines} == {sha256}
     assert lines[0]["num_real"] == 1797
 
 

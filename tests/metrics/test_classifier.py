@@ -1,7 +1,9 @@
+import dataclasses
 import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import xai_train.metrics.extractor as extractor_module
 from xai_train.data.digits import load_digits_dataset
@@ -12,7 +14,10 @@ from xai_train.metrics import (
     extract_features,
     load_or_train_classifier,
     recipe_key,
+    train_classifier,
 )
+from xai_train.fingerprint import cpu_model
+from xai_train.metrics.extractor import ExtractorError, shipped_paths, weights_sha256
 
 FAST = ClassifierRecipe(width=16, epochs=4)  # ~1-2 s on one core at 16x16, > 0.9 held-out accuracy
 
@@ -40,8 +45,8 @@ def test_digits_classifier_is_accurate_and_describes_itself(trained):
     assert trained.metadata["accuracy"] > 0.9
     assert trained.metadata["num_holdout"] == 359
     assert trained.num_features == FAST.num_features
-    key = recipe_key("digits", 16, 1, FAST)
-    assert trained.name == f"digits-16-cnn-{key[:6]}"
+    sha256 = weights_sha256(trained.classifier.state_dict())
+    assert trained.name == f"digits-16-cnn-{sha256[:8]}" and trained.metadata["sha256"] == sha256
 
 
 def test_cache_is_safetensors_and_json(trained, cache):
@@ -53,7 +58,7 @@ def test_cache_is_safetensors_and_json(trained, cache):
         weights.name,
     ]
     metadata = json.loads(meta.read_text())
-    assert metadata["recipe"]["epochs"] == FAST.epochs and metadata["key"] == key
+    assert metadata["recipe"]["epochs"] == FAST.epochs and metadata["recipe_key"] == key
     assert metadata["accuracy"] == trained.metadata["accuracy"]
 
 
@@ -86,7 +91,7 @@ def test_changed_recipe_trains_a_new_classifier(trained, digits16, cache, monkey
     )
     assert calls == [changed]
     assert other.name != trained.name and other.num_features == 8
-    bumped = ClassifierRecipe(width=4, num_features=8, epochs=1, version="cnn-v2")
+    bumped = ClassifierRecipe(width=4, num_features=8, epochs=1, version="cnn-v3")
     load_or_train_classifier("digits", digits16.images[:200], digits16.labels[:200], recipe=bumped, cache_dir=cache)
     assert calls == [changed, bumped]
 
@@ -105,3 +110,53 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "classifiers"
     monkeypatch.delenv("XAI_TRAIN_CACHE")
     assert default_cache_dir().parts[-3:] == (".cache", "xai_train", "classifiers")
+
+
+def test_training_gives_the_same_weights_with_one_and_two_threads(digits16):
+    recipe = ClassifierRecipe(width=4, num_features=8, epochs=1, max_steps=20)
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            model, _ = train_classifier(digits16.images[:400], digits16.labels[:400], recipe)
+            weights.append(weights_sha256(model.state_dict()))
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert weights[0] == weights[1]
+
+
+def test_a_changed_cached_extractor_is_refused(digits16, tmp_path):
+    recipe = ClassifierRecipe(width=4, num_features=8, epochs=1, max_steps=5)
+    extractor = load_or_train_classifier("digits", digits16.images, digits16.labels, recipe=recipe, cache_dir=tmp_path)
+    (weights,) = tmp_path.glob("*.safetensors")
+    state = load_file(weights)
+    state["head.bias"] = state["head.bias"] + 1e-3
+    save_file(state, str(weights))
+    with pytest.raises(ExtractorError, match=f"hash to .*but its metadata says '{extractor.name}'.*delete"):
+        load_or_train_classifier("digits", digits16.images, digits16.labels, recipe=recipe, cache_dir=tmp_path)
+    weights.write_bytes(b"truncated")
+    with pytest.raises(ExtractorError, match="cannot be read"):
+        load_or_train_classifier("digits", digits16.images, digits16.labels, recipe=recipe, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "shapes"])
+def test_shipped_extractors_hash_to_their_names_and_are_used_without_training(dataset, monkeypatch, tmp_path):
+    monkeypatch.setattr(extractor_module, "train_classifier", fail_training)
+    monkeypatch.setenv("XAI_TRAIN_CACHE", str(tmp_path))  # an empty cache: the package's files must serve
+    extractor = domain_feature_extractor(dataset)
+    sha256 = weights_sha256(extractor.classifier.state_dict())
+    assert extractor.name == f"{dataset}-32-cnn-{sha256[:8]}" == extractor.metadata["name"]
+    assert extractor.metadata["recipe"] == dataclasses.asdict(ClassifierRecipe())
+    assert extractor.metadata["accuracy"] > 0.98
+    assert not any(tmp_path.rglob("*.safetensors"))
+
+
+def test_retraining_the_shipped_digits_extractor_gives_its_bits():
+    metadata = json.loads(shipped_paths("digits", 32, 1)[1].read_text())
+    if metadata["cpu"] != cpu_model():  # rounding may differ on another CPU: the shipped file is the reference
+        pytest.skip(f"shipped weights were made on {metadata['cpu']!r}, this is {cpu_model()!r}")
+    data = load_digits_dataset(image_size=32)
+    model, _ = train_classifier(data.images, data.labels, ClassifierRecipe())
+    assert weights_sha256(model.state_dict()) == metadata["sha256"]

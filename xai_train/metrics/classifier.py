@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from xai_train.threads import single_threaded
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierRecipe:
@@ -46,7 +48,7 @@ class ClassifierRecipe:
     max_shift: int = 2
     holdout: float = 0.2
     seed: int = 0
-    version: str = "cnn-v1"
+    version: str = "cnn-v2"  # v2: trained on one thread (v1 weights depended on the thread count)
 
 
 class FeatureClassifier(nn.Module):
@@ -148,7 +150,8 @@ def train_classifier(
 ) -> tuple[FeatureClassifier, dict[str, float]]:
     """Trains a :class:`FeatureClassifier` on a seeded split and measures its held-out accuracy.
 
-    Runs on the CPU inside ``torch.random.fork_rng`` (the caller's global RNG state is left untouched).
+    Runs on the CPU, on one thread (:func:`xai_train.threads.single_threaded`: the same weights whatever the
+    caller's thread count) and inside ``torch.random.fork_rng`` (the caller's global RNG state is untouched).
 
     Args:
         images: (N, C, H, W) float in [-1, 1].
@@ -172,6 +175,13 @@ def train_classifier(
             f"train_classifier: expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} "
             f"and {tuple(labels.shape)}"
         )
+    with single_threaded():
+        return _train(images, labels, recipe, num_classes)
+
+
+def _train(
+    images: Tensor, labels: Tensor, recipe: ClassifierRecipe, num_classes: int | None
+) -> tuple[FeatureClassifier, dict[str, float]]:
     start = time.perf_counter()
     images, labels = images.float().cpu(), labels.long().cpu()
     num_classes = num_classes or int(labels.max()) + 1

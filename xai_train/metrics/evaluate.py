@@ -3,10 +3,14 @@
 Honest defaults: FD is biased upward on small sample counts (noticeably below ~5k samples, and the bias
 depends on the count), so compare FDs only at equal counts and read KID (unbiased) beside it. Numbers
 computed on different feature extractors are not comparable; every result carries ``extractor``.
+
+On the CPU, features and statistics are computed on one thread (:func:`xai_train.threads.single_threaded`):
+the same images give the same FD/KID bits whatever thread count the run uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +19,7 @@ from torch import Tensor
 
 from xai_train.metrics.accumulator import FeatureMetrics
 from xai_train.metrics.extractor import FeatureExtractor, extract_features
+from xai_train.threads import single_threaded
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -89,7 +94,12 @@ class GenerativeMetrics:
         )
 
     def _features(self, images: Tensor) -> Tensor:
-        return extract_features(self.extractor, images, self.batch_size, self.device)
+        with self.fixed_threads():
+            return extract_features(self.extractor, images, self.batch_size, self.device)
+
+    def fixed_threads(self) -> contextlib.AbstractContextManager:
+        """One thread on the CPU (results independent of the caller's thread count); nothing on a GPU."""
+        return single_threaded() if self.device.type == "cpu" else contextlib.nullcontext()
 
     def reset(self, real: bool = True, fake: bool = True) -> None:
         """Clears the chosen sides (``reset(real=False)`` keeps the cached reference)."""
@@ -97,7 +107,8 @@ class GenerativeMetrics:
 
     def compute(self) -> dict[str, Any]:
         """The metrics plus ``extractor``, ``num_real`` and ``num_fake``. A collective: call on every rank."""
-        return {"extractor": self.extractor.name, **self.features.compute()}
+        with self.fixed_threads():
+            return {"extractor": self.extractor.name, **self.features.compute()}
 
 
 def evaluate_images(

@@ -4,11 +4,15 @@ A feature extractor maps images (B, C, H, W) in [-1, 1] to features (B, num_feat
 ``name`` that every reported number must quote (``fd`` on ``digits-32-cnn-3f2a9c`` features is not an FID
 and not comparable with ``fd`` on other features).
 
-The classifiers are cached in ``cache_dir`` (argument), else ``$XAI_TRAIN_CACHE/classifiers``, else
-``~/.cache/xai_train/classifiers``, as ``<dataset>-<size>px-<channels>c-<key>.safetensors`` (weights) plus
-``.json`` (metadata: recipe, accuracy, training time). ``key`` hashes the dataset name, image size, channels
-and the full :class:`ClassifierRecipe` (including its ``version``), so a changed recipe trains a new one.
-Nothing is pickled. In a multi-process run, build the extractor under ``accelerator.main_process_first()``
+An extractor is named after a hash of its *weights* (``digits-32-cnn-<sha256[:8]>``), so two numbers that quote
+the same name were computed on the same network. The digits and shapes extractors (32 px, one channel, the
+default recipe) ship with the package in ``extractors/``; every other one is trained deterministically on
+first use (one thread, seeded: the same weights whatever the thread count on a given CPU) and cached in
+``cache_dir`` (argument), else ``$XAI_TRAIN_CACHE/classifiers``, else ``~/.cache/xai_train/classifiers``, as
+``<dataset>-<size>px-<channels>c-<key>.safetensors`` (weights) plus ``.json`` (metadata: name, SHA-256 of the
+weights, recipe, accuracy, training time, CPU). ``key`` hashes the dataset name, image size, channels and the
+full :class:`ClassifierRecipe` (including its ``version``), so a changed recipe trains a new one. A stored
+extractor whose weights do not hash to its name is refused (:class:`ExtractorError`). Nothing is pickled. In a multi-process run, build the extractor under ``accelerator.main_process_first()``
 so that only one rank trains and the others load the cached file.
 """
 
@@ -19,14 +23,20 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from xai_train.errors import UserError
+from xai_train.fingerprint import cpu_model
 from xai_train.metrics.classifier import ClassifierRecipe, FeatureClassifier, train_classifier
+
+SHIPPED_DIR = Path(__file__).parent / "extractors"
+"""The package's trained extractors (digits and shapes, 32 px, the default recipe): ``scripts/ship_extractors.py``."""
 
 
 class FeatureExtractor(nn.Module):
@@ -82,6 +92,11 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "xai_train") / "classifiers"
 
 
+class ExtractorError(UserError):
+    """A stored feature extractor cannot be trusted: its weights do not hash to its name, or its files are
+    broken. The message names the file and the fix."""
+
+
 def recipe_key(dataset: str, image_size: int, channels: int, recipe: ClassifierRecipe) -> str:
     """12 hex digits of a SHA-256 over the dataset, size, channels and recipe (the cache key).
 
@@ -99,20 +114,119 @@ def recipe_key(dataset: str, image_size: int, channels: int, recipe: ClassifierR
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def weights_sha256(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 of a state dict's tensors: names, dtypes, shapes and bytes, in name order (64 hex digits).
+
+    It hashes what the network computes with, not a file: the same weights give the same hash whether they
+    were trained here or loaded from a safetensors file.
+
+    Example:
+        >>> a = {"w": torch.ones(2), "b": torch.zeros(1)}
+        >>> weights_sha256(a) == weights_sha256({"b": torch.zeros(1), "w": torch.ones(2)})
+        True
+        >>> weights_sha256(a) == weights_sha256({"w": torch.tensor([1.0, 1.0 + 2**-23]), "b": torch.zeros(1)})
+        False
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def extractor_name(dataset: str, image_size: int, sha256: str) -> str:
+    """``<dataset>-<size>-cnn-<first 8 hex digits of the weights' SHA-256>``: what every FD/KID quotes.
+
+    Example:
+        >>> extractor_name("digits", 32, "0123456789abcdef" * 4)
+        'digits-32-cnn-01234567'
+    """
+    return f"{dataset}-{image_size}-cnn-{sha256[:8]}"
+
+
 def _paths(cache_dir: Path, dataset: str, image_size: int, channels: int, key: str) -> tuple[Path, Path]:
     stem = cache_dir / f"{dataset}-{image_size}px-{channels}c-{key}"
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
+def shipped_paths(dataset: str, image_size: int, channels: int) -> tuple[Path, Path]:
+    """Where the package keeps a shipped extractor: ``xai_train/metrics/extractors/<dataset>-<size>px-<c>c.*``.
+
+    Example:
+        >>> weights, metadata = shipped_paths("digits", 32, 1)
+        >>> weights.name, metadata.is_file()
+        ('digits-32px-1c.safetensors', True)
+    """
+    stem = SHIPPED_DIR / f"{dataset}-{image_size}px-{channels}c"
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
 def _load(weights: Path, meta_path: Path) -> ClassifierFeatures:
-    metadata = json.loads(meta_path.read_text())
-    recipe = metadata["recipe"]
-    classifier = FeatureClassifier(
-        metadata["channels"], metadata["num_classes"], recipe["width"], recipe["num_features"]
-    )
-    classifier.load_state_dict(load_file(weights))
+    """Loads an extractor and checks that its weights hash to the SHA-256 and the name its metadata records."""
+    fix = f"delete {weights.name} and {meta_path.name} in {weights.parent} to retrain it"
+    try:
+        metadata = json.loads(meta_path.read_text())
+        recipe = metadata["recipe"]
+        classifier = FeatureClassifier(
+            metadata["channels"], metadata["num_classes"], recipe["width"], recipe["num_features"]
+        )
+        state = load_file(weights)
+        classifier.load_state_dict(state)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+        raise ExtractorError(f"feature extractor {weights} cannot be read ({error}); {fix}") from error
+    sha256 = weights_sha256(state)
+    expected = extractor_name(metadata["dataset"], metadata["image_size"], sha256)
+    if metadata.get("sha256") != sha256 or metadata.get("name") != expected:
+        raise ExtractorError(
+            f"feature extractor {weights}: its weights hash to {sha256[:8]}, but its metadata says "
+            f"{metadata.get('name')!r} (sha256 {str(metadata.get('sha256'))[:8]}): the file was changed or "
+            f"written by an older version; {fix}"
+        )
     shape = (metadata["channels"], metadata["image_size"], metadata["image_size"])
     return ClassifierFeatures(classifier, metadata["name"], shape, metadata)
+
+
+def trained_extractor(
+    dataset: str, images: Tensor, labels: Tensor, recipe: ClassifierRecipe, num_classes: int | None = None
+) -> tuple[FeatureClassifier, dict]:
+    """Trains a feature classifier (deterministically: one thread, seeded) and builds its metadata.
+
+    Returns:
+        The classifier and its metadata: ``name`` (from the weights' hash), ``sha256``, ``recipe_key``,
+        ``recipe``, accuracy and timing, and where it was trained (torch version, CPU).
+    """
+    image_size, channels = images.shape[-1], images.shape[1]
+    classifier, info = train_classifier(images, labels, recipe, num_classes)
+    sha256 = weights_sha256(classifier.state_dict())
+    metadata = {
+        "name": extractor_name(dataset, image_size, sha256),
+        "sha256": sha256,
+        "dataset": dataset,
+        "image_size": image_size,
+        "channels": channels,
+        "num_classes": classifier.head.out_features,
+        "recipe_key": recipe_key(dataset, image_size, channels, recipe),
+        "recipe": dataclasses.asdict(recipe),
+        **info,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "torch": torch.__version__,
+        "cpu": cpu_model(),
+    }
+    return classifier, metadata
+
+
+def save_extractor(classifier: FeatureClassifier, metadata: dict, weights: Path, meta_path: Path) -> None:
+    """Writes the weights, then the metadata (each to a temporary name, then renamed: a reader never sees half
+    a file, and an extractor counts as present only once its JSON exists)."""
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    for path, write in (
+        (weights, lambda p: save_file(classifier.state_dict(), str(p))),
+        (meta_path, lambda p: p.write_text(json.dumps(metadata, indent=2) + "\n")),
+    ):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        write(tmp)
+        os.replace(tmp, path)
 
 
 def load_or_train_classifier(
@@ -126,6 +240,10 @@ def load_or_train_classifier(
 ) -> ClassifierFeatures:
     """The cached feature classifier for ``dataset``, training and caching it on a miss.
 
+    Training is deterministic (one thread, seeded): the same recipe on the same data gives the same weights
+    whatever the caller's thread count. The extractor is named after its weights' hash, and a cached file
+    whose weights no longer hash to its name is an :class:`ExtractorError`.
+
     Args:
         dataset: the dataset's name (part of the cache key: use one name per distinct training set).
         images: (N, C, H, W) training images in [-1, 1] (only read on a cache miss).
@@ -135,7 +253,7 @@ def load_or_train_classifier(
         num_classes: default ``max(labels) + 1``.
 
     Returns:
-        The extractor; ``extractor.metadata["accuracy"]`` is its held-out accuracy.
+        The extractor; ``extractor.metadata["accuracy"]`` is its held-out accuracy, ``["sha256"]`` its hash.
 
     Example:
         >>> import tempfile
@@ -144,7 +262,7 @@ def load_or_train_classifier(
         >>> recipe = ClassifierRecipe(width=4, num_features=8, epochs=1)
         >>> with tempfile.TemporaryDirectory() as cache:
         ...     extractor = load_or_train_classifier("toy", x, y, recipe=recipe, cache_dir=cache)
-        >>> extractor.num_features, extractor.name.startswith("toy-8-cnn-")
+        >>> extractor.num_features, extractor.name == "toy-8-cnn-" + extractor.metadata["sha256"][:8]
         (8, True)
     """
     recipe = recipe or ClassifierRecipe()
@@ -155,28 +273,8 @@ def load_or_train_classifier(
     )
     if meta_path.is_file() and weights.is_file():
         return _load(weights, meta_path)
-    classifier, info = train_classifier(images, labels, recipe, num_classes)
-    metadata = {
-        "name": f"{dataset}-{image_size}-cnn-{key[:6]}",
-        "dataset": dataset,
-        "image_size": image_size,
-        "channels": channels,
-        "num_classes": classifier.head.out_features,
-        "key": key,
-        "recipe": dataclasses.asdict(recipe),
-        **info,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "torch": torch.__version__,
-    }
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    # Write to temporary names, then rename: a reader never sees half a file, and the JSON comes last.
-    for path, write in (
-        (weights, lambda p: save_file(classifier.state_dict(), str(p))),
-        (meta_path, lambda p: p.write_text(json.dumps(metadata, indent=2))),
-    ):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        write(tmp)
-        os.replace(tmp, path)
+    classifier, metadata = trained_extractor(dataset, images, labels, recipe, num_classes)
+    save_extractor(classifier, metadata, weights, meta_path)
     return ClassifierFeatures(classifier, metadata["name"], (channels, image_size, image_size), metadata)
 
 
@@ -189,7 +287,11 @@ def domain_feature_extractor(
     recipe: ClassifierRecipe | None = None,
     cache_dir: str | Path | None = None,
 ) -> ClassifierFeatures:
-    """The feature classifier of a named dataset (``digits``, ``shapes``, ``mnist``, ...), trained once.
+    """The feature classifier of a named dataset (``digits``, ``shapes``, ``mnist``, ...): shipped, or trained once.
+
+    With the default recipe, ``digits`` and ``shapes`` at 32 px, 1 channel, use the weights shipped in the
+    package (``xai_train/metrics/extractors/``), so every machine reports FD/KID on the same network. Other
+    datasets, sizes and recipes are trained deterministically on first use and cached.
 
     Args:
         dataset: a name ``xai_train.data.build_dataset`` knows and that has labels.
@@ -200,11 +302,15 @@ def domain_feature_extractor(
         cache_dir: where to cache; default :func:`default_cache_dir`.
 
     Returns:
-        The extractor, with ``.name``, ``.num_features`` and ``.metadata["accuracy"]``.
+        The extractor, with ``.name``, ``.num_features``, ``.metadata["accuracy"]`` and ``.metadata["sha256"]``.
 
     Example:
-        A deliberately tiny recipe (5 steps) in a throw-away cache; the second call loads the cached file:
+        The shipped digits extractor, then a deliberately tiny recipe (5 steps) in a throw-away cache; the
+        second call loads the cached file:
 
+        >>> shipped = domain_feature_extractor("digits")
+        >>> shipped.name == "digits-32-cnn-" + shipped.metadata["sha256"][:8], shipped.metadata["accuracy"] > 0.98
+        (True, True)
         >>> import tempfile
         >>> tiny = ClassifierRecipe(width=4, num_features=8, epochs=1, max_steps=5)
         >>> with tempfile.TemporaryDirectory() as cache:
@@ -214,6 +320,10 @@ def domain_feature_extractor(
         (True, 8, True)
     """
     recipe = recipe or ClassifierRecipe()
+    if recipe == ClassifierRecipe() and root is None:
+        weights, meta_path = shipped_paths(dataset, image_size, channels)
+        if meta_path.is_file():
+            return _load(weights, meta_path)
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
     weights, meta_path = _paths(
         directory, dataset, image_size, channels, recipe_key(dataset, image_size, channels, recipe)

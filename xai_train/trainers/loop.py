@@ -22,6 +22,7 @@ from xai_train.checkpoint import CheckpointManager
 from xai_train.data import TensorBatches
 from xai_train.distributed import failures_on_any_rank
 from xai_train.errors import NonFiniteTrainingError
+from xai_train.fingerprint import environment_fingerprint
 from xai_train.tracking import StepTimer, progress_bar
 
 SUMMARY_FILE = "summary.json"
@@ -32,7 +33,7 @@ class TrainingLoop:
 
     Attributes:
         config: has ``max_steps``, ``log_every``, ``sample_every``, ``checkpoint_every``.
-        accelerator, state, callbacks, checkpoints, batches, timer, run_dir, resume.
+        accelerator, state, callbacks, checkpoints, batches, timer, run_dir, resume, seed.
     """
 
     config: Any
@@ -44,6 +45,7 @@ class TrainingLoop:
     timer: StepTimer
     run_dir: Path | None
     resume: str
+    seed: int
     _seconds_before: float = 0.0  # training time of the runs this one resumed from
     _started: float = 0.0
 
@@ -129,7 +131,9 @@ class TrainingLoop:
 
         Returns:
             ``steps``, ``max_steps``, ``median_step_time``, ``train_seconds`` (across resumes), ``processes``,
-            ``run_dir`` and the last logged scalars; also written to ``<run_dir>/summary.json``.
+            ``run_dir``, the last logged scalars and ``fingerprint`` (:func:`xai_train.fingerprint.
+            environment_fingerprint` plus the callbacks' ``fingerprint()``: versions, device, CPU, threads,
+            seed, extractor); also written to ``<run_dir>/summary.json``.
         """
         cfg, acc, state = self.config, self.accelerator, self.state
         self._resume()
@@ -175,6 +179,7 @@ class TrainingLoop:
             "train_seconds": self.train_seconds(),
             "processes": acc.num_processes,
             **last_logs,
+            "fingerprint": {**environment_fingerprint(acc, seed=self.seed), **self.callbacks.fingerprint()},
         }
         if self.run_dir is not None and acc.is_main_process:
             atomic_write(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
