@@ -10,6 +10,9 @@ trainer) unless one is given.
 The reference preset keeps the authors' ε target, the *un-amplified* noise (their ``q_sample`` rebinds
 ``noise`` locally); ``target="consistent"`` asks for the amplified noise the input actually carries.
 
+A consistent-target model predicts ``g⊙ε``; ``sampler()`` gives its per-pixel sampler (x_T and every DDIM step
+with ``g`` of the current FAM), which the recipe makes the run's sampler (``self_refine.sampler``).
+
 Hand-written loop: call ``on_train_start`` once, ``on_diffusion_noise`` before noising (use the returned plan's
 ``noise_scale``, and build the ε target from ``noise`` when ``plan.scaled_target`` is False) and
 ``on_before_optimizer_step`` before the UNet's optimizer step (it steps the projections).
@@ -28,6 +31,8 @@ from torch import Tensor, nn
 from xai_train.callback import Callback, NoisePlan, TrainState
 from xai_train.data import derive_seed
 from xai_train.diffusion import ReplayBuffer, TimestepBound, add_noise
+from xai_train.diffusion.importance_schedule import TimeConstantScale
+from xai_train.diffusion.sampler import FixedMapSampler
 from xai_train.diffusion.self_refine import (
     FamAttention,
     OnlineHighlighter,
@@ -37,6 +42,7 @@ from xai_train.diffusion.self_refine import (
     fam_noise_scale,
     flaw_maps,
     reduce_gradients,
+    resolve_sampler,
     train_highlighter,
 )
 
@@ -236,6 +242,14 @@ class SelfRefiningDiffusion(Callback):
             scalars["srd/highlighter_accuracy"] = self.highlighter_accuracy
         state.log_scalars(scalars)
         state.log_images({"srd/fam": self.fam})
+
+    def sampler(self) -> FixedMapSampler:
+        """The sampler of a consistent-target model: the per-pixel sampler with ``g = 1 ± w_n·FAM`` of the current
+        FAM (read at call time; plain DDIM before the first). The run's sampler for grids, FAM samples, eval and
+        the export, which then carries the last FAM (``FixedMapDiffusionPipeline``).
+        """
+        resolve_sampler("per_pixel", self.target, self.fam_reduce)  # a one-line error for the other variants
+        return FixedMapSampler(lambda: self.fam, TimeConstantScale(self.noise_weight, self.direction))
 
     # --- pieces ------------------------------------------------------------------------------------
     def fam_is_unset(self) -> bool:

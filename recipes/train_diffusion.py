@@ -9,7 +9,8 @@
 
 Outputs go to <run.output_dir>/<run.name>/: config.yaml, tensorboard/, samples/, samples.png, maps.png (with a
 discriminator), checkpoints/, and pipeline/ (loadable with diffusers.DDPMPipeline.from_pretrained for the
-standard forward process, with xai_train.diffusion.pipeline.load_pipeline for importance-scheduled noise).
+standard forward process, with xai_train.diffusion.pipeline.load_pipeline for importance-scheduled noise and for
+self-refining diffusion with the consistent target, whose pipeline carries the last FAM).
 Sample a finished run with recipes/sample.py.
 """
 
@@ -88,6 +89,13 @@ def build_self_refine(
     r, data = config.self_refine, config.data
     if r.fam_source == "discriminator" and not config.discriminator.enabled:
         raise ConfigError("self_refine.fam_source=discriminator needs a discriminator: set discriminator.enabled=true")
+    noise = config.importance_noise
+    if r.resolved_sampler() == "per_pixel" and noise.enabled and noise.mode == "pixel":
+        raise ConfigError(
+            f"self_refine.sampler={r.sampler} (per-pixel with the FAM) and importance_noise.mode=pixel both scale "
+            "the noise, and no sampler takes their product: set self_refine.sampler=plain or "
+            "importance_noise.enabled=false"
+        )
     highlighter = offline_highlighter(data.image_size, data.channels, **r.highlighter_kwargs(config.run.seed))
     return SelfRefiningDiffusion(
         lambda n, steps, generator: trainer_box[0].sample(n, steps, generator),
@@ -121,8 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
             data.channels, d.channels, d.time_dim, d.norm_groups, s.num_train_timesteps
         )
     callbacks = build_callbacks(config, noise_scheduler.alphas_cumprod)
-    # An importance-noise model is sampled (grids, D's fakes, export) with its own per-pixel sampler.
+    # A model trained with per-pixel noise (importance_noise.mode=pixel, or self-refining diffusion with the
+    # consistent target) is sampled (grids, D's fakes, FAM samples, eval, export) with its own per-pixel sampler.
     samplers = [cb.sampler(discriminator) for cb in callbacks if isinstance(cb, ImportanceNoiseSchedule)]
+    samplers = [sampler for sampler in samplers if sampler is not None]  # "timesteps" mode samples plainly
     trainer_box: list[DiffusionTrainer] = []  # the sampler of the eval callback needs the trainer built below
     if config.eval.enabled:
         evaluation = config.eval
@@ -133,7 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
             )
         )
     if config.self_refine.enabled:
-        callbacks.append(build_self_refine(config, dataset.images, noise_scheduler.alphas_cumprod, trainer_box))
+        self_refine = build_self_refine(config, dataset.images, noise_scheduler.alphas_cumprod, trainer_box)
+        callbacks.append(self_refine)
+        if config.self_refine.resolved_sampler() == "per_pixel":  # a consistent-target model predicts g⊙ε
+            samplers.append(self_refine.sampler())
     trainer = DiffusionTrainer(
         unet,
         noise_scheduler,

@@ -14,6 +14,7 @@ from xai_train.config.diffusion import DiffusionTrainConfig
 from xai_train.data import derive_seed
 from xai_train.diffusion import TimeConditionedDiscriminator, TimestepBound, add_noise
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
+from xai_train.diffusion.pipeline import load_pipeline
 from xai_train.diffusion.self_refine import batch_mean_fam, build_highlighter, fam_noise_scale, flaw_maps
 from xai_train.trainers.diffusion import DiffusionTrainer
 
@@ -59,19 +60,31 @@ def srd(box, **options):
     )
 
 
-def trainer(callbacks, box, steps=4, run_dir=None, resume="", **changes):
+def trainer(callbacks, box, steps=4, run_dir=None, resume="", sampler=None, **changes):
     t = DiffusionTrainer(
         unet(),
         build_noise_scheduler(100),
         IMAGES,
         config(steps, **changes),
         callbacks=callbacks,
+        sampler=sampler,
         run_dir=run_dir,
         resume=resume,
         cpu=True,
     )
     box.append(t)
     return t
+
+
+class StopAt(Callback):
+    """Stops the run after ``step`` (a resume then continues from its last checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, state, logs):
+        if state.step == self.step:
+            state.request_stop()
 
 
 def weights(t):
@@ -183,15 +196,9 @@ def test_resume_mid_refinement_equals_a_straight_run(tmp_path, training):
     straight_cb = srd(box, highlighter_training=training, attention_weight=0.5, noise_weight=0.2)
     straight = trainer([straight_cb], box, steps=6)
     straight.train()
-
-    class StopAt(Callback):
-        def on_step_end(self, state, logs):
-            if state.step == 4:  # the FAM of step 3 is in use; the next refresh is at step 5
-                state.request_stop()
-
-    box = []
+    box = []  # stopped after step 4: the FAM of step 3 is in use; the next refresh is at step 5
     first = trainer(
-        [srd(box, highlighter_training=training, attention_weight=0.5, noise_weight=0.2), StopAt()],
+        [srd(box, highlighter_training=training, attention_weight=0.5, noise_weight=0.2), StopAt(4)],
         box,
         steps=6,
         run_dir=tmp_path,
@@ -211,6 +218,30 @@ def test_resume_mid_refinement_equals_a_straight_run(tmp_path, training):
         assert torch.equal(a, b)
     for a, b in zip(straight_cb.highlighter.parameters(), resumed_cb.highlighter.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_resume_with_the_per_pixel_sampler_equals_a_straight_run(tmp_path):
+    """Consistent target with its per-pixel sampler as the run's sampler: the FAM samples of step 5 come from the
+    sampler with the FAM of step 3, restored on resume; both exports carry the last FAM."""
+    options = dict(target="consistent", attention_weight=0.5, noise_weight=0.2)
+    box: list = []
+    straight_cb = srd(box, **options)
+    straight = trainer([straight_cb], box, steps=6, run_dir=tmp_path / "straight", sampler=straight_cb.sampler())
+    straight.train()
+    box = []
+    first_cb = srd(box, **options)
+    trainer([first_cb, StopAt(4)], box, steps=6, run_dir=tmp_path / "resumed", sampler=first_cb.sampler()).train()
+    box = []
+    resumed_cb = srd(box, **options)
+    resumed = trainer(
+        [resumed_cb], box, steps=6, run_dir=tmp_path / "resumed", resume="auto", sampler=resumed_cb.sampler()
+    )
+    resumed.train()
+    assert straight_cb.refreshes == resumed_cb.refreshes == 3 and torch.equal(straight_cb.fam, resumed_cb.fam)
+    expected, got = weights(straight), weights(resumed)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    for run, callback in (("straight", straight_cb), ("resumed", resumed_cb)):
+        assert torch.equal(load_pipeline(tmp_path / run / "pipeline").fixed_map.importance, callback.fam)
 
 
 def test_export_is_a_plain_ddpm_pipeline_equal_to_the_ema_unet(tmp_path):

@@ -1,4 +1,4 @@
-"""The shipped SRD configs through recipes/train_diffusion.py, end to end, and the exported pipeline."""
+"""The shipped SRD configs through recipes/train_diffusion.py, end to end, and the exported pipelines."""
 
 import importlib.util
 from pathlib import Path
@@ -8,7 +8,11 @@ import pytest
 import torch
 from diffusers import DDPMPipeline
 
-from xai_train.diffusion.pipeline import sample_pipeline
+from xai_train.config import ConfigError
+from xai_train.diffusion.importance_schedule import TimeConstantScale
+from xai_train.diffusion.models import ddim_for
+from xai_train.diffusion.pipeline import FixedMapDiffusionPipeline, load_pipeline, sample_pipeline
+from xai_train.diffusion.sampler import FixedMapSampler
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -51,3 +55,31 @@ def test_srd_config_trains_and_exports_a_plain_ddpm_pipeline(tmp_path, config_na
     pipeline = DDPMPipeline.from_pretrained(run / "pipeline")
     images = sample_pipeline(pipeline, 2, num_inference_steps=2, seed=0)
     assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
+
+
+CONSISTENT = ["self_refine.preset=custom", "self_refine.target=consistent"]
+
+
+def test_srd_digits_consistent_trains_exports_the_last_fam_and_reloads(tmp_path):
+    """The consistent target samples with the per-pixel sampler; the export carries the FAM of the last refresh."""
+    config = REPO / "configs" / "diffusion" / "srd_digits.yaml"
+    summary = train_recipe().main(["--config", str(config), *TINY, *CONSISTENT, f"run.output_dir={tmp_path}"])
+    run = Path(summary["run_dir"])
+    state = torch.load(run / "checkpoints" / "step_4" / "callbacks.pt", weights_only=True)["self_refining_diffusion"]
+    assert state["refreshes"] == 2  # FAMs at steps 2 and 3
+    pipeline = load_pipeline(run / "pipeline")
+    assert isinstance(pipeline, FixedMapDiffusionPipeline)
+    assert torch.equal(pipeline.fixed_map.importance, state["fam"])
+    assert (pipeline.config.noise_weight, pipeline.config.direction) == (0.01, "amplify")
+    in_memory = FixedMapSampler(state["fam"], TimeConstantScale(0.01))(
+        pipeline.unet, ddim_for(pipeline.scheduler), 2, 3, torch.Generator().manual_seed(0)
+    )
+    expected = (in_memory / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(sample_pipeline(pipeline, 2, num_inference_steps=3, seed=0), expected)
+
+
+def test_the_recipe_refuses_two_per_pixel_noise_scales(tmp_path):
+    config = REPO / "configs" / "diffusion" / "srd_digits.yaml"
+    overrides = [*TINY, *CONSISTENT, "discriminator.enabled=true", "importance_noise.enabled=true"]
+    with pytest.raises(ConfigError, match="no sampler takes their product: set self_refine.sampler=plain"):
+        train_recipe().main(["--config", str(config), *overrides, f"run.output_dir={tmp_path}"])

@@ -19,6 +19,7 @@ RECIPE_ONLY: tuple[str, ...] = (
     "highlighter_checkpoint",
     "highlighter_real_dir",
     "highlighter_fake_dir",
+    "sampler",
 )
 """Fields the recipe uses itself (the rest are the callback's keyword arguments)."""
 
@@ -54,6 +55,16 @@ class SelfRefineConfig:
     projection_lr: float = 1.0e-4  # proj nets (authors: trained with the UNet's constant 1e-4)
     projection_bias: bool = True  # authors: default conv biases (so proj(0) != 0)
     log_every: int = 100  # FAM image and scalars to TensorBoard (0 = never)
+    # How the model is sampled (grids, FAM samples, eval, export). auto: per_pixel for target=consistent with one
+    # FAM (that model predicts (1 ± w_n·FAM)⊙ε: x_T and every DDIM step use that per-pixel scale, and the export
+    # carries the last FAM), plain DDIM otherwise (the reference target predicts the un-amplified ε, as theirs).
+    sampler: Literal["auto", "plain", "per_pixel"] = "auto"
+
+    def resolved_sampler(self) -> str:
+        """ "plain" or "per_pixel" (``auto`` resolved by ``resolve_sampler``)."""
+        from xai_train.diffusion.self_refine.options import resolve_sampler
+
+        return resolve_sampler(self.sampler, self.target, self.fam_reduce)
 
     def callback_kwargs(self, batch_size: int, seed: int) -> dict[str, Any]:
         """Keyword arguments of ``callbacks.SelfRefiningDiffusion`` (``num_samples`` 0 → ``batch_size``)."""
@@ -89,5 +100,6 @@ class SelfRefineConfig:
             check_self_refine_options(**values)
             if self.preset == "reference":
                 check_reference(**values)
+            self.resolved_sampler()
         except (ValueError, TypeError) as err:
             raise ConfigError(str(err)) from None

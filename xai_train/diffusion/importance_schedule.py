@@ -8,11 +8,15 @@ starts from N(0, I) (DESIGN.md §5 b).
 The per-pixel forward process has variance ``Σ_t = (1 − ᾱ_t)·g_t²``. A Markov step ``r < t`` exists only if
 ``Σ_t − (ᾱ_t/ᾱ_r)·Σ_r > 0`` per pixel; :func:`check_step_variance` verifies it over a schedule and
 :func:`clamp_next_scale` enforces it inside the sampler, where the map changes between steps.
+
+:class:`TimeConstantScale` is the other schedule the per-pixel sampler takes: ``g = 1 ± w·s`` at every t,
+self-refining diffusion's amplified (or protected) noise with its flaw activation map as ``s``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -81,6 +85,49 @@ class NoiseScaleSchedule:
         tau, lam = self.tau(timesteps), self.lam(timesteps)
         s = importance.float().clamp_min(0)
         return (1.0 / ((1 - tau) * torch.sqrt(1 + s / lam) + tau)).to(importance.dtype)
+
+
+SCALE_DIRECTIONS: tuple[str, ...] = ("amplify", "protect")
+"""Directions of :class:`TimeConstantScale`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeConstantScale:
+    """A noise scale linear in a map and the same at every t: ``g = 1 + w·s`` ("amplify") or ``1 − w·s``.
+
+    Self-refining diffusion's forward process (DESIGN.md §9) with a fixed map ``s`` (the FAM): its per-pixel
+    variance is ``Σ_t = (1 − ᾱ_t)·g²``, so every step's variance ``g²·(1 − ᾱ_t/ᾱ_r)`` is > 0 exactly when
+    ``g > 0``; a map in [0, 1] keeps ``g ≥ 1 − w > 0`` for "protect", which is why ``weight < 1`` is required
+    there. Same ``scale(importance, timesteps)`` interface as :class:`NoiseScaleSchedule`, so
+    :func:`check_step_variance` and the per-pixel sampler take either.
+
+    Attributes:
+        weight: ``w`` (the authors' ``fam_noise_w`` = 0.01), >= 0.
+        direction: "amplify" (mapped pixels get more noise) or "protect" (less).
+
+    Example:
+        >>> import torch
+        >>> TimeConstantScale(0.5, "protect").scale(torch.tensor([0.0, 1.0])).tolist()
+        [1.0, 0.5]
+    """
+
+    weight: float
+    direction: str = "amplify"
+
+    def __post_init__(self) -> None:
+        if self.direction not in SCALE_DIRECTIONS:
+            raise ValueError(f"unknown direction '{self.direction}'; choose one of: {', '.join(SCALE_DIRECTIONS)}")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"noise weight must be a finite number >= 0 (w in g = 1 ± w·map); got {self.weight}")
+        if self.direction == "protect" and not self.weight < 1:
+            raise ValueError(
+                f"direction 'protect' needs 0 <= noise_weight < 1 (g = 1 - w_n·FAM > 0); got {self.weight}"
+            )
+
+    def scale(self, importance: Tensor, timesteps: Tensor | None = None) -> Tensor:
+        """``1 ± w·importance``, of ``importance``'s shape; ``timesteps`` is accepted and ignored."""
+        sign = 1.0 if self.direction == "amplify" else -1.0
+        return 1.0 + (sign * self.weight) * importance
 
 
 def step_variance(scale_t: Tensor, scale_r: Tensor, alpha_bar_t: Tensor | float, alpha_bar_r: Tensor | float) -> Tensor:

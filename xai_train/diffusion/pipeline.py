@@ -1,6 +1,8 @@
 """Exported pipelines: ``DDPMPipeline`` for the standard forward process, ``ImportanceDiffusionPipeline`` for
 importance-scheduled noise (it carries D and the noise-scale schedule, and samples with the per-pixel DDIM
-analogue). Both save with ``save_pretrained`` and load with :func:`load_pipeline`.
+analogue), ``FixedMapDiffusionPipeline`` for a noise scale ``g = 1 ± w·map`` with one fixed map (self-refining
+diffusion's consistent-target models; it carries the map as safetensors next to the UNet and samples with the
+same per-pixel sampler). All save with ``save_pretrained`` and load with :func:`load_pipeline`.
 """
 
 from __future__ import annotations
@@ -12,19 +14,49 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DiffusionPipeline, UNet2DModel
+from diffusers import ConfigMixin, DDIMPipeline, DDIMScheduler, DDPMPipeline, DiffusionPipeline, ModelMixin, UNet2DModel
+from diffusers.configuration_utils import register_to_config
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from xai_train.checkpoint.reading import CheckpointError, first_line
 from xai_train.diffusion.discriminator import TimeConditionedDiscriminator
 from xai_train.diffusion.importance import DiscriminatorImportance, check_map_source
-from xai_train.diffusion.importance_schedule import NoiseScaleSchedule
-from xai_train.diffusion.sampler import ImportanceSampler, importance_ddim_sample
+from xai_train.diffusion.importance_schedule import NoiseScaleSchedule, TimeConstantScale
+from xai_train.diffusion.sampler import FixedMapSampler, ImportanceSampler
 from xai_train.errors import UserError
 
 
-class ImportanceDiffusionPipeline(DiffusionPipeline):
+class PerPixelPipeline(DiffusionPipeline):
+    """What the per-pixel pipelines share: DDIM with the training scheduler's config and their own sampler."""
+
+    model_cpu_offload_seq = "unet"
+
+    def per_pixel_sampler(self, eta: float = 0.0) -> ImportanceSampler:
+        """The sampler of the model, built from the pipeline's components and config (each subclass has one)."""
+        raise NotImplementedError(f"{type(self).__name__} must define per_pixel_sampler")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Samples ``batch_size`` images; ``output_type`` "pil", "np" (N, H, W, C in [0, 1]) or "pt" ([-1, 1])."""
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        images = self.per_pixel_sampler(eta)(self.unet, scheduler, batch_size, num_inference_steps, generator)
+        if output_type != "pt":
+            images = (images / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+class ImportanceDiffusionPipeline(PerPixelPipeline):
     """Samples a model trained with importance-scheduled noise (``ImportanceNoiseSchedule(mode="pixel")``).
 
     Args:
@@ -36,8 +68,6 @@ class ImportanceDiffusionPipeline(DiffusionPipeline):
         method: attribution method ("saliency" is built in).
         blur_sigma: Gaussian blur of the map.
     """
-
-    model_cpu_offload_seq = "unet"
 
     def __init__(
         self,
@@ -70,36 +100,72 @@ class ImportanceDiffusionPipeline(DiffusionPipeline):
         steps = self.scheduler.config.num_train_timesteps
         return NoiseScaleSchedule(steps, c.sharpness, c.midpoint, c.lambda_min, c.lambda_max)
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        batch_size: int = 1,
-        generator: torch.Generator | None = None,
-        num_inference_steps: int = 50,
-        eta: float = 0.0,
-        output_type: str = "pil",
-        return_dict: bool = True,
-    ) -> ImagePipelineOutput | tuple:
-        """Samples ``batch_size`` images; ``output_type`` "pil", "np" (N, H, W, C in [0, 1]) or "pt" ([-1, 1])."""
-        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+    def per_pixel_sampler(self, eta: float = 0.0) -> ImportanceSampler:
+        """The run's sampler: D's saliency map recomputed at every step, the training schedule's ``g_t``."""
         importance_fn = DiscriminatorImportance(self.discriminator, self.config.method, self.config.blur_sigma)
-        out = importance_ddim_sample(
-            self.unet,
-            scheduler,
-            importance_fn,
-            self.noise_schedule(),
-            batch_size,
-            num_inference_steps,
-            generator,
-            self.config.map_source,
-            eta,
-        )
-        images = out.images
-        if output_type != "pt":
-            images = (images / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                images = self.numpy_to_pil(images)
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        return ImportanceSampler(importance_fn, self.noise_schedule(), self.config.map_source, eta)
+
+
+class FixedMap(ModelMixin, ConfigMixin):
+    """A fixed map as a pipeline component (saved as safetensors): self-refining diffusion's last FAM.
+
+    Args:
+        channels, height, width: the map's shape is (1, channels, height, width).
+
+    Example:
+        >>> fixed = FixedMap.from_tensor(torch.full((1, 1, 2, 2), 0.5))
+        >>> fixed.importance.flatten().tolist(), fixed.config.height
+        ([0.5, 0.5, 0.5, 0.5], 2)
+    """
+
+    @register_to_config
+    def __init__(self, channels: int = 1, height: int = 32, width: int = 32):
+        super().__init__()
+        self.register_buffer("importance", torch.zeros(1, channels, height, width))
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> FixedMap:
+        """A component holding ``values`` (1, C, H, W), copied to float32 on the CPU."""
+        if values.dim() != 4 or values.shape[0] != 1:
+            raise ValueError(f"FixedMap holds one (1, C, H, W) map; got shape {tuple(values.shape)}")
+        fixed = cls(*values.shape[1:])
+        fixed.importance.copy_(values.detach().float().cpu())
+        return fixed
+
+
+class FixedMapDiffusionPipeline(PerPixelPipeline):
+    """Samples a model trained with the noise scale ``g = 1 ± w·map`` of one fixed map (SRD, consistent target).
+
+    The per-pixel sampler's fixed-map mode (``importance_ddim_sample`` with a tensor): x_T with per-pixel std
+    ``g``, every DDIM step with that ``g``, the step-variance check first.
+
+    Args:
+        unet: the denoiser.
+        scheduler: the training scheduler (sampling uses DDIM with its config).
+        fixed_map: the map (a :class:`FixedMap`; the FAM of the last refresh for self-refining diffusion).
+        noise_weight: ``w`` (SRD's ``w_n``).
+        direction: "amplify" (``1 + w·map``) or "protect" (``1 − w·map``).
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        fixed_map: FixedMap,
+        noise_weight: float = 0.01,
+        direction: str = "amplify",
+    ):
+        TimeConstantScale(noise_weight, direction)  # one-line errors before anything is registered
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, fixed_map=fixed_map)
+        self.register_to_config(noise_weight=noise_weight, direction=direction)
+
+    def noise_schedule(self) -> TimeConstantScale:
+        return TimeConstantScale(self.config.noise_weight, self.config.direction)
+
+    def per_pixel_sampler(self, eta: float = 0.0) -> FixedMapSampler:
+        """The per-pixel sampler with this pipeline's map and ``g = 1 ± w·map``."""
+        return FixedMapSampler(self.fixed_map.importance, self.noise_schedule(), eta)
 
 
 def export_pipeline(
@@ -108,19 +174,32 @@ def export_pipeline(
     noise_scheduler: SchedulerMixin,
     sampler: ImportanceSampler | None = None,
 ) -> Path:
-    """Saves a loadable pipeline: ``DDPMPipeline`` for the standard process, else the importance pipeline.
+    """Saves a loadable pipeline: ``DDPMPipeline`` for the standard process, else the per-pixel pipeline.
 
     Args:
         path: target folder (e.g. ``runs/<name>/pipeline``).
         unet: the (EMA) UNet to export, unwrapped.
         noise_scheduler: the training ``DDPMScheduler``.
         sampler: the run's ``ImportanceSampler`` (its importance function must be a
-            ``DiscriminatorImportance``), or ``None`` for a standard-noise run.
+            ``DiscriminatorImportance``) → ``ImportanceDiffusionPipeline``; a ``FixedMapSampler`` with a
+            ``TimeConstantScale`` → ``FixedMapDiffusionPipeline`` with its current map (``DDPMPipeline`` while it
+            has none: the model never saw scaled noise); ``None`` for a standard-noise run.
 
     Returns:
         The folder.
     """
     path = Path(path)
+    if isinstance(sampler, FixedMapSampler):
+        fixed = sampler.current_map()
+        if fixed is not None:
+            if not isinstance(sampler.schedule, TimeConstantScale):
+                raise ValueError("export_pipeline: a FixedMapSampler exports with a TimeConstantScale schedule only")
+            s = sampler.schedule
+            pipeline = FixedMapDiffusionPipeline(
+                unet, noise_scheduler, FixedMap.from_tensor(fixed), s.weight, s.direction
+            )
+            return _save_whole(pipeline, path)
+        sampler = None
     if sampler is None:
         return _save_whole(DDPMPipeline(unet=unet, scheduler=noise_scheduler), path)
     fn = sampler.importance_fn
@@ -158,7 +237,8 @@ def _save_whole(pipeline: DiffusionPipeline, path: Path) -> Path:
 
 
 def load_pipeline(path: str | Path) -> DiffusionPipeline:
-    """Loads what :func:`export_pipeline` wrote (``DDPMPipeline`` or ``ImportanceDiffusionPipeline``).
+    """Loads what :func:`export_pipeline` wrote (``DDPMPipeline``, ``ImportanceDiffusionPipeline`` or
+    ``FixedMapDiffusionPipeline``).
 
     Exports written before the map source "x0_hat" was renamed "x0" load with the new name.
     """
@@ -172,12 +252,15 @@ def load_pipeline(path: str | Path) -> DiffusionPipeline:
         name = saved["_class_name"]
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"'{index}' is corrupt ({first_line(error)}); {fix}") from error
-    if name not in ("ImportanceDiffusionPipeline", "DDPMPipeline"):
-        raise CheckpointError(f"'{path}' holds a {name}; expected DDPMPipeline or ImportanceDiffusionPipeline")
+    classes = {c.__name__: c for c in (DDPMPipeline, ImportanceDiffusionPipeline, FixedMapDiffusionPipeline)}
+    if name not in classes:
+        raise CheckpointError(f"'{path}' holds a {name}; expected one of {', '.join(classes)}")
     try:  # safetensors only: loading never unpickles
         if name == "ImportanceDiffusionPipeline":
             renamed = {"map_source": "x0"} if saved.get("map_source") == "x0_hat" else {}
             return ImportanceDiffusionPipeline.from_pretrained(path, use_safetensors=True, **renamed)
+        if name == "FixedMapDiffusionPipeline":
+            return FixedMapDiffusionPipeline.from_pretrained(path, use_safetensors=True)
         return DDPMPipeline.from_pretrained(path, use_safetensors=True)
     except (OSError, ValueError) as error:
         if isinstance(error, (FileNotFoundError, UserError)):
@@ -188,7 +271,7 @@ def load_pipeline(path: str | Path) -> DiffusionPipeline:
 def sample_pipeline(
     pipeline: DiffusionPipeline, num_images: int, num_inference_steps: int = 50, seed: int = 0, eta: float = 0.0
 ) -> np.ndarray:
-    """DDIM samples from either exported pipeline: (N, H, W, C) float32 in [0, 1].
+    """DDIM samples from any exported pipeline: (N, H, W, C) float32 in [0, 1].
 
     A ``DDPMPipeline`` is sampled through ``DDIMPipeline`` with a ``DDIMScheduler`` made from its config.
     """

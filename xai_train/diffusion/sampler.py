@@ -6,6 +6,9 @@ Per-pixel step (DESIGN.md §5 b), with ``Σ = (1 − ᾱ)·g²`` and the model's
 The importance map is recomputed at every step (``map_source="x0"``: from the current estimate x̂0 through D
 at t = 0, as training used the clean x0; ``"x_t"``: from x_t through D at t),
 and ``g_t`` and ``g_r`` both come from that one map, so the step variance check of a fixed map applies.
+A map known before sampling (self-refining diffusion's FAM with ``TimeConstantScale``: ``g = 1 ± w_n·FAM``) is
+the same sampler's fixed-map mode: x_T ~ N(0, g²) per pixel and the same map at every step
+(:class:`FixedMapSampler`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ from diffusers import DDIMScheduler
 from torch import Tensor, nn
 
 from xai_train.diffusion.importance import MapSource, check_map_source
-from xai_train.diffusion.importance_schedule import NoiseScaleSchedule, clamp_next_scale
+from xai_train.diffusion.importance_schedule import (
+    NoiseScaleSchedule,
+    TimeConstantScale,
+    check_step_variance,
+    clamp_next_scale,
+)
 from xai_train.diffusion.noise import split_prediction_at
 
 ImportanceFn = Callable[[Tensor, Tensor], Tensor]
@@ -162,59 +170,133 @@ class ImportanceSample:
     clamped_fraction: float
 
 
+ScaleSchedule = NoiseScaleSchedule | TimeConstantScale
+"""What maps (importance, timesteps) to a per-pixel noise scale ``g_t``."""
+
+
+def check_fixed_map(importance: Tensor, batch_size: int, image_shape: tuple[int, ...]) -> Tensor:
+    """A map fixed before sampling, checked and expanded: (1 or B, 1 or C, H, W) in [0, 1] → (B, 1 or C, H, W).
+
+    Raises a one-line ValueError for a map of the wrong shape, with non-finite values, or outside [0, 1]
+    (the schedules keep ``g > 0`` only for maps in [0, 1]; a pixel with ``g ≤ 0`` has no step variance).
+
+    Example:
+        >>> check_fixed_map(torch.full((1, 1, 4, 4), 0.5), 3, (1, 4, 4)).shape
+        torch.Size([3, 1, 4, 4])
+        >>> check_fixed_map(torch.full((1, 1, 4, 4), 1.5), 3, (1, 4, 4))
+        Traceback (most recent call last):
+        ...
+        ValueError: fixed importance map: values must lie in [0, 1] (got min 1.5, max 1.5); min-max normalise it
+    """
+    channels, *size = image_shape
+    if importance.dim() != 4 or importance.shape[0] not in (1, batch_size) or importance.shape[1] not in (1, channels):
+        raise ValueError(
+            f"fixed importance map: shape {tuple(importance.shape)} does not fit {batch_size} images of shape "
+            f"{tuple(image_shape)}; give (1 or {batch_size}, 1 or {channels}, {size[0]}, {size[1]})"
+        )
+    if tuple(importance.shape[2:]) != tuple(size):
+        raise ValueError(
+            f"fixed importance map: size {tuple(importance.shape[2:])} differs from the UNet's {tuple(size)}; "
+            "resize the map or export it from a run at this resolution"
+        )
+    if not bool(torch.isfinite(importance).all()):
+        raise ValueError("fixed importance map: has NaN or infinite values; recompute it")
+    low, high = float(importance.min()), float(importance.max())
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"fixed importance map: values must lie in [0, 1] (got min {low:.3g}, max {high:.3g}); min-max normalise it"
+        )
+    return importance.expand(batch_size, *importance.shape[1:])
+
+
+def _check_fixed_map_steps(schedule: ScaleSchedule, scheduler: DDIMScheduler) -> None:
+    """The step-variance check of a fixed map over the sampler's (t, r) pairs (warns; the loop then clamps)."""
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    pairs = [(int(t), int(t) - stride) for t in scheduler.timesteps if int(t) - stride >= 0]
+    if pairs:
+        check_step_variance(schedule, scheduler.alphas_cumprod, pairs)
+
+
 @torch.no_grad()
 def importance_ddim_sample(
     unet: nn.Module,
     scheduler: DDIMScheduler,
-    importance_fn: ImportanceFn,
-    schedule: NoiseScaleSchedule,
+    importance_fn: ImportanceFn | Tensor,
+    schedule: ScaleSchedule,
     batch_size: int,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     map_source: MapSource = "x0",
     eta: float = 0.0,
 ) -> ImportanceSample:
-    """Samples from a model trained with importance-scheduled noise.
+    """Samples from a model trained with a per-pixel noise scale: importance-scheduled noise, or a fixed map.
 
     Args:
         unet: ``UNet2DModel`` trained on :func:`~xai_train.diffusion.noise.add_noise` with ``g_t(S)``.
         scheduler: ``DDIMScheduler`` with the training schedule's config.
-        importance_fn: ``(images, timesteps) -> (B, 1, H, W)`` map in [0, 1] (e.g. from D); gradients are
-            enabled inside the call, so gradient explainers work.
-        schedule: the noise-scale schedule used in training.
+        importance_fn: ``(images, timesteps) -> (B, 1, H, W)`` map in [0, 1] (e.g. from D), recomputed at every
+            step; gradients are enabled inside the call, so gradient explainers work. Or a **fixed map**, a
+            (1 or B, 1 or C, H, W) tensor in [0, 1] known before sampling (self-refining diffusion's FAM): it is
+            not recomputed, x_T is drawn with the per-pixel std ``g_T(map)`` of the forward process, and the step
+            variance is checked over the sampler's steps first (:func:`check_fixed_map` refuses a bad map).
+        schedule: the noise-scale schedule used in training (:class:`NoiseScaleSchedule`, or
+            :class:`TimeConstantScale` for ``g = 1 ± w·map``).
         batch_size: number of images.
         num_inference_steps: DDIM steps.
         generator: CPU generator for all noise (seedable).
         map_source: "x0" — the map of the current clean estimate x̂0 at t = 0 (matches training on
-            ``S(x0)``); "x_t" — the map of the current noisy sample at t.
+            ``S(x0)``); "x_t" — the map of the current noisy sample at t. Unused for a fixed map.
         eta: DDIM η (0 = deterministic).
 
     Returns:
         An :class:`ImportanceSample`.
+
+    Example:
+        >>> from diffusers import UNet2DModel
+        >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+        ...     layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
+        ...     up_block_types=("UpBlock2D",) * 2)
+        >>> fam = torch.zeros(1, 1, 8, 8)  # FAM = 0: g = 1 everywhere, plain DDIM
+        >>> out = importance_ddim_sample(unet, DDIMScheduler(num_train_timesteps=100), fam, TimeConstantScale(0.01),
+        ...     2, 3, torch.Generator().manual_seed(0))
+        >>> plain = ddim_sample(unet, DDIMScheduler(num_train_timesteps=100), 2, 3, torch.Generator().manual_seed(0))
+        >>> torch.allclose(out.images, plain, atol=1e-5), out.clamped_fraction
+        (True, 0.0)
     """
     check_map_source(map_source)
     device = next(unet.parameters()).device
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     shape = (batch_size, unet.config.in_channels, *size)
-    # τ(T) ≈ 1 makes the last forward marginal isotropic, so sampling starts from N(0, I).
+    fixed = isinstance(importance_fn, Tensor)
+    if fixed:
+        importance = check_fixed_map(importance_fn.detach(), batch_size, shape[1:]).to(device)
+    # τ(T) ≈ 1 makes the last forward marginal of NoiseScaleSchedule isotropic, so sampling starts from N(0, I);
+    # a fixed map's process has std g_T(map) at T (time-constant: the same g as at every step).
     sample = torch.randn(shape, generator=generator).to(device)
     clip = _clip_range(scheduler)
     prediction_type = scheduler.config.prediction_type
     scheduler.set_timesteps(num_inference_steps)
     clamped, total = 0, 0
-    importance = scale_t = torch.ones(batch_size, 1, *size, device=device)
+    if fixed:
+        _check_fixed_map_steps(schedule, scheduler)
+        first = torch.full((batch_size,), int(scheduler.timesteps[0]), device=device, dtype=torch.long)
+        scale_t = schedule.scale(importance, first)
+        sample = sample * scale_t
+    else:
+        importance = scale_t = torch.ones(batch_size, 1, *size, device=device)
     for t in scheduler.timesteps:
         alpha_bar_t, alpha_bar_r, prev_t = scheduler_alphas(scheduler, int(t))
         timesteps = torch.full((batch_size,), int(t), device=device, dtype=torch.long)
         output = _model_output(unet, sample, timesteps)
-        x0_hat, _ = split_prediction_at(output, sample, alpha_bar_t.to(device), prediction_type)
-        with torch.enable_grad():
-            if map_source == "x0":
-                importance = importance_fn(x0_hat.clamp(-1, 1), torch.zeros_like(timesteps))
-            else:
-                importance = importance_fn(sample, timesteps)
-        importance = importance.detach()
+        if not fixed:
+            x0_hat, _ = split_prediction_at(output, sample, alpha_bar_t.to(device), prediction_type)
+            with torch.enable_grad():
+                if map_source == "x0":
+                    importance = importance_fn(x0_hat.clamp(-1, 1), torch.zeros_like(timesteps))
+                else:
+                    importance = importance_fn(sample, timesteps)
+            importance = importance.detach()
         scale_t = schedule.scale(importance, timesteps)
         scale_r = schedule.scale(importance, timesteps.clamp_max(max(prev_t, 0)))
         scale_r, was_clamped = clamp_next_scale(scale_t, scale_r, float(alpha_bar_t), float(alpha_bar_r))
@@ -264,7 +346,7 @@ class ImportanceSampler:
     def __init__(
         self,
         importance_fn: ImportanceFn,
-        schedule: NoiseScaleSchedule,
+        schedule: ScaleSchedule,
         map_source: MapSource = "x0",
         eta: float = 0.0,
     ):
@@ -293,4 +375,65 @@ class ImportanceSampler:
             generator,
             self.map_source,
             self.eta,
+        ).images
+
+
+class FixedMapSampler(ImportanceSampler):
+    """The per-pixel sampler with a map fixed before sampling, read at call time (e.g. SRD's current FAM).
+
+    An :class:`ImportanceSampler` whose importance is the same map for every image and step (``importance_fn``
+    returns it expanded, ``map_source`` is unused), sampled by :func:`importance_ddim_sample` in its fixed-map
+    mode: x_T with per-pixel std ``g = schedule.scale(map)``, every DDIM step with that ``g``, the step-variance
+    check first. While ``current_map`` gives ``None`` (no map yet) it is plain :func:`ddim_sample`, bit for bit.
+
+    Args:
+        current_map: the map, (1 or B, 1 or C, H, W) in [0, 1], or a function returning it (or ``None``).
+        schedule: the scale of the map used in training, e.g. ``TimeConstantScale(0.01, "amplify")``.
+        eta: DDIM η.
+
+    Example:
+        >>> from diffusers import UNet2DModel
+        >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+        ...     layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
+        ...     up_block_types=("UpBlock2D",) * 2)
+        >>> fam = {"now": None}
+        >>> sampler = FixedMapSampler(lambda: fam["now"], TimeConstantScale(0.01))
+        >>> plain = sampler(unet, DDIMScheduler(num_train_timesteps=100), 2, 3, torch.Generator().manual_seed(0))
+        >>> torch.equal(plain, ddim_sample(unet, DDIMScheduler(num_train_timesteps=100), 2, 3,
+        ...     torch.Generator().manual_seed(0)))
+        True
+        >>> fam["now"] = torch.rand(1, 1, 8, 8)
+        >>> sampler(unet, DDIMScheduler(num_train_timesteps=100), 2, 3).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        current_map: Tensor | Callable[[], Tensor | None],
+        schedule: ScaleSchedule,
+        eta: float = 0.0,
+    ):
+        self.current_map = current_map if callable(current_map) else (lambda: current_map)
+        super().__init__(self._importance, schedule, "x0", eta)
+
+    def _importance(self, images: Tensor, timesteps: Tensor) -> Tensor:
+        fixed = self.current_map()
+        if fixed is None:
+            return torch.zeros_like(images[:, :1])
+        return fixed.to(images.device).expand(len(images), *fixed.shape[1:])
+
+    def __call__(
+        self,
+        unet: nn.Module,
+        scheduler: DDIMScheduler,
+        batch_size: int,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Returns (B, C, H, W) samples; see :func:`importance_ddim_sample` (fixed-map mode)."""
+        fixed = self.current_map()
+        if fixed is None:
+            return ddim_sample(unet, scheduler, batch_size, num_inference_steps, generator, self.eta)
+        return importance_ddim_sample(
+            unet, scheduler, fixed, self.schedule, batch_size, num_inference_steps, generator, eta=self.eta
         ).images

@@ -3,7 +3,9 @@
 A flaw highlighter (FH) trained on real vs generated images explains the model's own samples; the mean of
 its Grad-CAMs, the flaw activation map (FAM), amplifies the training noise where the samples are flawed
 (:mod:`~xai_train.diffusion.self_refine.fam`) and modulates the UNet's attention keys and values in training
-(:mod:`~xai_train.diffusion.self_refine.attention`). ``callbacks.SelfRefiningDiffusion`` decides when.
+(:mod:`~xai_train.diffusion.self_refine.attention`). ``callbacks.SelfRefiningDiffusion`` decides when. A model
+trained with the consistent target samples with the per-pixel sampler and the last FAM (``resolve_sampler``;
+``xai_train.diffusion.sampler.FixedMapSampler``, ``xai_train.diffusion.pipeline.FixedMapDiffusionPipeline``).
 """
 
 from xai_train.diffusion.self_refine.attention import (
@@ -37,11 +39,19 @@ from xai_train.diffusion.self_refine.highlighter import (
     save_highlighter,
     train_highlighter,
 )
-from xai_train.diffusion.self_refine.options import CHOICES, REFERENCE, check_reference, check_self_refine_options
+from xai_train.diffusion.self_refine.options import (
+    CHOICES,
+    REFERENCE,
+    SAMPLERS,
+    check_reference,
+    check_self_refine_options,
+    resolve_sampler,
+)
 
 __all__ = [
     "CHOICES",
     "REFERENCE",
+    "SAMPLERS",
     "check_reference",
     "check_self_refine_options",
     "DIRECTIONS",
@@ -67,6 +77,7 @@ __all__ = [
     "load_highlighter_folders",
     "offline_highlighter",
     "reduce_gradients",
+    "resolve_sampler",
     "save_highlighter",
     "train_highlighter",
 ]

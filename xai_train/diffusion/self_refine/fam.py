@@ -16,9 +16,10 @@ from typing import Any, Literal
 from einops import reduce
 from torch import Tensor, nn
 
+from xai_train.diffusion.importance_schedule import SCALE_DIRECTIONS, TimeConstantScale
 from xai_train.explain import attribute, to_mask
 
-DIRECTIONS: tuple[str, ...] = ("amplify", "protect")
+DIRECTIONS: tuple[str, ...] = SCALE_DIRECTIONS
 """``amplify``: flawed pixels get more noise (the paper); ``protect``: they get less (our earlier plan, §5)."""
 
 EVIDENCE: tuple[str, ...] = ("real", "generated")
@@ -112,9 +113,12 @@ def batch_mean_fam(maps: Tensor) -> Tensor:
 def fam_noise_scale(fam: Tensor, noise_weight: float, direction: Literal["amplify", "protect"] = "amplify") -> Tensor:
     """The per-pixel noise factor ``g = 1 + w_n·FAM`` ("amplify") or ``1 − w_n·FAM`` ("protect").
 
+    The training side of ``xai_train.diffusion.TimeConstantScale``, which the per-pixel sampler uses with the same
+    map (``FixedMapSampler``): one formula for both.
+
     Args:
         fam: (1, 1, H, W) or (B, 1, H, W) in [0, 1].
-        noise_weight: ``w_n`` (0.01 in the authors' code); "protect" needs ``w_n < 1`` so that ``g > 0``.
+        noise_weight: ``w_n`` (0.01 in the authors' code), >= 0; "protect" needs ``w_n < 1`` so that ``g > 0``.
         direction: see :data:`DIRECTIONS`.
 
     Returns:
@@ -125,12 +129,7 @@ def fam_noise_scale(fam: Tensor, noise_weight: float, direction: Literal["amplif
         >>> fam_noise_scale(torch.tensor([[[[0.0, 1.0]]]]), 0.5, "protect").flatten().tolist()
         [1.0, 0.5]
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction '{direction}'; choose one of: {', '.join(DIRECTIONS)}")
-    if direction == "protect" and not 0 <= noise_weight < 1:
-        raise ValueError(f"direction 'protect' needs 0 <= noise_weight < 1 (g = 1 - w_n·FAM > 0); got {noise_weight}")
-    sign = 1.0 if direction == "amplify" else -1.0
-    return 1.0 + (sign * noise_weight) * fam
+    return TimeConstantScale(noise_weight, direction).scale(fam)
 
 
 def amplified_noise(noise: Tensor, fam: Tensor, noise_weight: float) -> Tensor:

@@ -77,6 +77,43 @@ def check_self_refine_options(**options: Any) -> None:
         check_method(options["method"])
 
 
+SAMPLERS: tuple[str, ...] = ("auto", "plain", "per_pixel")
+"""How a self-refining model is sampled: plain DDIM, or the per-pixel sampler with ``g = 1 ± w_n·FAM``."""
+
+
+def resolve_sampler(sampler: str, target: str = "reference", fam_reduce: str = "batch_mean") -> str:
+    """The sampler of a run: "plain" or "per_pixel" ("auto": per-pixel exactly when the model learned ``g⊙ε``).
+
+    A model trained with the consistent target predicts the amplified noise ``(1 ± w_n·FAM)⊙ε``, so its own
+    sampler starts from and steps with that per-pixel scale; the reference target predicts the un-amplified ε
+    (the authors' quirk), so plain DDIM is its sampler, as theirs. Per-sample maps leave no single FAM to
+    sample with.
+
+    Example:
+        >>> resolve_sampler("auto", "consistent"), resolve_sampler("auto", "reference")
+        ('per_pixel', 'plain')
+        >>> resolve_sampler("per_pixel", "reference")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: sampler='per_pixel' with target='reference': that model predicts the un-amplified ε, ...
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if sampler == "auto":
+        return "per_pixel" if target == "consistent" and fam_reduce == "batch_mean" else "plain"
+    if sampler == "per_pixel" and target != "consistent":
+        raise ValueError(
+            f"sampler='per_pixel' with target={target!r}: that model predicts the un-amplified ε, so plain DDIM "
+            "samples it; set sampler=plain (or auto), or target=consistent"
+        )
+    if sampler == "per_pixel" and fam_reduce != "batch_mean":
+        raise ValueError(
+            f"sampler='per_pixel' with fam_reduce={fam_reduce!r}: each training image had its own map, so there is "
+            "no single FAM to sample with; set sampler=plain (or auto), or fam_reduce=batch_mean"
+        )
+    return sampler
+
+
 def check_reference(**options: Any) -> None:
     """Raises a one-line ValueError if an option differs from the authors' value (:data:`REFERENCE`).
 
