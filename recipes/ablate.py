@@ -7,11 +7,18 @@
         --output-dir runs/ablation/xaigan_explainers_full
     python recipes/ablate.py configs/ablation/xaigan_explainers.yaml --launcher "torchrun --nproc_per_node 2"
     python recipes/ablate.py configs/ablation/xaigan_explainers.yaml --report-only    # re-aggregate only
+    python recipes/ablate.py configs/ablation/xaigan_explainers.yaml --jobs 2         # two 1-thread cells at once
 
-Cells run one after another as subprocesses (`python <recipe> --config <base> <overrides> run.name=seed_<s>
-run.output_dir=<ablation_dir>/<arm> run.seed=<s>`, or behind --launcher). Re-running the same command skips
-finished cells (summary.json with steps == max_steps) and resumes unfinished ones with run.resume=auto.
-A failing cell is reported with its log (<cell_dir>/log.txt); the others still run; the exit code is then 1.
+Cells run as subprocesses (`python <recipe> --config <base> <overrides> run.name=seed_<s>
+run.output_dir=<ablation_dir>/<arm> run.seed=<s>`, or behind --launcher), --jobs at a time, each with the
+YAML's `threads` torch threads (default 1; --threads overrides): a CPU result depends on the thread count, so
+all cells share one. Re-running the same command skips finished cells (summary.json with steps == max_steps)
+and resumes unfinished ones with run.resume=auto. A failing cell is reported with its log
+(<cell_dir>/log.txt); the others still run; the exit code is then 1.
+
+The report refuses to aggregate cells whose environment fingerprints (summary.json: versions, device, CPU,
+threads, extractor, ...) differ in anything that changes numbers; --allow-mixed aggregates them anyway and
+the report says so.
 
 Outputs in <ablation_dir> (default runs/ablation/<name>): <arm>/seed_<s>/ (the runs), results.csv,
 results.md, <metric>_curves.png (metric vs step and vs wall-clock, mean ± std band), hparams/ (TensorBoard).
@@ -28,9 +35,9 @@ from pathlib import Path
 
 from xai_train.ablation.report import write_report
 from xai_train.ablation.runner import run_cells
-from xai_train.ablation.spec import AblationSpec, expand_cells, load_spec, validate_cells
+from xai_train.ablation.spec import AblationSpec, expand_cells, load_spec, parse_threads, validate_cells
 from xai_train.atomic import atomic_write
-from xai_train.cli import run_main
+from xai_train.cli import count, run_main
 from xai_train.config import ConfigError, parse_override
 
 
@@ -68,9 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="replace the YAML's seeds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra common override")
     parser.add_argument("--report-only", action="store_true", help="skip running; aggregate what is there")
+    parser.add_argument("--jobs", type=count, default=1, help="cells run at the same time (default 1)")
+    parser.add_argument("--threads", help="torch threads per cell: N or auto (default: the YAML's threads, else 1)")
+    parser.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="aggregate cells whose environment fingerprints differ (the report says so)",
+    )
     args = parser.parse_args(argv)
 
     spec = with_extra_overrides(load_spec(args.ablation), args.set)
+    if args.threads is not None:
+        spec = dataclasses.replace(spec, threads=parse_threads(args.threads, "--threads"))
     only_arms, only_seeds = parse_only(args.only)
     cells = expand_cells(spec, seeds=args.seeds, only_arms=only_arms)
     if only_seeds is not None:
@@ -79,12 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     ablation_dir = Path(args.output_dir or spec.output_dir or Path("runs") / "ablation" / spec.name)
     print(
         f"ablation '{spec.name}': {len(cells)} cells ({len({c.arm for c in cells})} arms x "
-        f"{len({c.seed for c in cells})} seeds), recipe {spec.recipe}, base {spec.base}, directory {ablation_dir}"
+        f"{len({c.seed for c in cells})} seeds), recipe {spec.recipe}, base {spec.base}, directory {ablation_dir}, "
+        f"{spec.threads or 'auto'} thread(s) per cell, {args.jobs} at a time"
     )
 
     failed = []
     if not args.report_only:
-        outcomes = run_cells(spec, cells, ablation_dir, launcher=args.launcher, dry_run=args.dry_run)
+        outcomes = run_cells(
+            spec, cells, ablation_dir, launcher=args.launcher, dry_run=args.dry_run, jobs=args.jobs
+        )
         if args.dry_run:
             return 0
         failed = [outcome for outcome in outcomes if outcome.status == "failed"]
@@ -92,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         command = shlex.join([os.path.relpath(sys.executable), *sys.argv]) if argv is None else shlex.join(argv)
         atomic_write(ablation_dir / "ablate_command.txt", command + "\n")
 
-    paths = write_report(spec, ablation_dir)
+    paths = write_report(spec, ablation_dir, allow_mixed=args.allow_mixed)
     print("results: " + ", ".join(str(path) for path in paths))
     if failed:
         print(

@@ -154,7 +154,8 @@ def numeric_differences(fingerprints: Mapping[str, Mapping[str, Any] | None]) ->
 
     Args:
         fingerprints: label (e.g. a cell ``arm/seed_0``) -> its fingerprint; ``None`` (no fingerprint: a run
-            made before fingerprints existed) differs from everything, in the field ``fingerprint``.
+            made before fingerprints existed) differs from any present one, in the field ``fingerprint`` (when
+            none has one, nothing can be compared and nothing is reported).
 
     Returns:
         field -> {label: value} for each field with more than one value (empty when all agree).
@@ -162,10 +163,12 @@ def numeric_differences(fingerprints: Mapping[str, Mapping[str, Any] | None]) ->
     Example:
         >>> numeric_differences({"a": {"cpu": "x", "seed": 0}, "b": {"cpu": "y", "seed": 1}, "c": None})
         {'fingerprint': {'a': 'present', 'b': 'present', 'c': 'missing'}, 'cpu': {'a': 'x', 'b': 'y'}}
+        >>> numeric_differences({"a": None, "b": None})
+        {}
     """
     differences: dict[str, dict[str, Any]] = {}
     present = {label: fp for label, fp in fingerprints.items() if fp is not None}
-    if len(present) != len(fingerprints):
+    if present and len(present) != len(fingerprints):
         differences["fingerprint"] = {
             label: "present" if fp is not None else "missing" for label, fp in fingerprints.items()
         }
@@ -176,21 +179,21 @@ def numeric_differences(fingerprints: Mapping[str, Mapping[str, Any] | None]) ->
     return differences
 
 
-def describe_differences(differences: Mapping[str, Mapping[str, Any]], limit: int = 3) -> str:
-    """One line per differing field: ``torch_threads: 1 (arm/seed_0, ...), 2 (arm/seed_3)``.
+def describe_differences(differences: Mapping[str, Mapping[str, Any]], limit: int = 3) -> list[str]:
+    """One line per differing field: ``torch_threads: 1 (arm/seed_0, ...); 2 (arm/seed_3)``.
 
     Example:
         >>> describe_differences({"torch_threads": {"a/seed_0": 1, "a/seed_1": 2, "b/seed_0": 1}})
-        'torch_threads: 1 (a/seed_0, b/seed_0); 2 (a/seed_1)'
+        ['torch_threads: 1 (a/seed_0, b/seed_0); 2 (a/seed_1)']
     """
     lines = []
     for field, values in differences.items():
         groups: dict[str, list[str]] = {}
         for label, value in values.items():
-            groups.setdefault(repr(value) if not isinstance(value, str) else value, []).append(label)
+            groups.setdefault(value if isinstance(value, str) else repr(value), []).append(label)
         parts = [
             f"{value} ({', '.join(labels[:limit])}{', ...' if len(labels) > limit else ''})"
             for value, labels in groups.items()
         ]
         lines.append(f"{field}: " + "; ".join(parts))
-    return "\n".join(lines)
+    return lines

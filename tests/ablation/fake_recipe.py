@@ -1,11 +1,14 @@
 """A stand-in recipe for the runner tests: parses ``--config X key=value ...`` and writes what a recipe writes.
 
 Overrides it understands: ``train.max_steps`` (default 4), ``fake.fd`` (the FD it reports, default 10),
-``fake.fail=true`` (prints an error and exits 1), ``fake.crash=true`` (leaves a checkpoint, no summary, exit 1).
+``fake.fail=true`` (prints an error and exits 1), ``fake.crash=true`` (leaves a checkpoint, no summary, exit 1),
+``fake.cpu`` (the CPU its fingerprint names). Its fingerprint's ``torch_threads`` is the ``XAI_TRAIN_THREADS``
+it was given (what a real recipe would run with).
 Every call is appended to ``<run.output_dir>/<run.name>/calls.txt``.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +34,20 @@ def main(argv):
     with open(run_dir / "metrics.jsonl", "a") as metrics:
         for step, value in ((steps // 2, 2 * fd), (steps, fd)):
             metrics.write(json.dumps({"step": step, "extractor": "fake-cnn", "fd": value, "num_samples": 8}) + "\n")
-    summary = {"steps": steps, "max_steps": steps, "train_seconds": 1.0, "median_step_time": 0.25}
+    fingerprint = {
+        "torch_threads": os.environ.get("XAI_TRAIN_THREADS"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu": values.get("fake.cpu", "fake-cpu"),
+        "extractor": "fake-cnn",
+        "seed": int(values["run.seed"]),
+    }
+    summary = {
+        "steps": steps,
+        "max_steps": steps,
+        "train_seconds": 1.0,
+        "median_step_time": 0.25,
+        "fingerprint": fingerprint,
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return 0
 

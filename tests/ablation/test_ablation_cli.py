@@ -62,3 +62,15 @@ def test_errors_name_the_problem(ablate, monkeypatch, tmp_path):
         ablate.main(["configs/ablation/xaigan_alpha.yaml", "--dry-run", "--set", "run.seed=7"])
     with pytest.raises(ConfigError, match="config file '.*nope.yaml' does not exist"):
         ablate.main([str(tmp_path / "nope.yaml"), "--dry-run"])
+    with pytest.raises(ConfigError, match="--threads must be a whole number >= 1 or 'auto', got '0'"):
+        ablate.main(["configs/ablation/xaigan_alpha.yaml", "--dry-run", "--threads", "0"])
+    with pytest.raises(SystemExit):  # argparse: "--jobs: must be a whole number >= 1", exit 2
+        ablate.main(["configs/ablation/xaigan_alpha.yaml", "--dry-run", "--jobs", "0"])
+
+
+def test_dry_run_shows_the_pinned_threads(ablate, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert ablate.main(["configs/ablation/xaigan_alpha.yaml", "--dry-run", "--only", "seed=0", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 thread(s) per cell, 1 at a time" in out
+    assert "\n    XAI_TRAIN_THREADS=2 OMP_NUM_THREADS=2 " in out

@@ -13,6 +13,8 @@ from scipy import stats as scipy_stats
 from xai_train.ablation.report import write_report
 from xai_train.ablation.results import collect_cells, read_metrics_jsonl
 from xai_train.ablation.spec import AblationSpec, Arm
+from xai_train.ablation.stats import minimum_detectable_effect, pooled_std, seeds_needed, t_test_power
+from xai_train.errors import UserError
 
 # Final FD per seed: vanilla 10, 12, 14 (mean 12, std 2); xai 8, 9, 10 (mean 9, std 1).
 FINAL = {"vanilla": [10.0, 12.0, 14.0], "xai": [8.0, 9.0, 10.0]}
@@ -20,7 +22,9 @@ HALFWAY = {"vanilla": [20.0, 20.0, 13.0], "xai": [16.0, 18.0, 20.0]}  # vanilla 
 TRAIN_SECONDS = {"vanilla": [100.0, 110.0, 120.0], "xai": [150.0, 150.0, 150.0]}
 
 
-def write_cell(directory: Path, fd_half: float, fd_final: float, seconds: float, steps: int = 10) -> None:
+def write_cell(
+    directory: Path, fd_half: float, fd_final: float, seconds: float, steps: int = 10, threads: int | None = None
+) -> None:
     directory.mkdir(parents=True)
     records = [
         {"step": 5, "extractor": "fake-cnn", "fd": fd_half, "kid": fd_half / 10, "num_samples": 100},
@@ -29,6 +33,8 @@ def write_cell(directory: Path, fd_half: float, fd_final: float, seconds: float,
     ]
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = {"steps": steps, "max_steps": 10, "train_seconds": seconds, "median_step_time": seconds / 1000}
+    if threads is not None:
+        summary["fingerprint"] = {"torch_threads": threads, "cpu": "test-cpu", "torch": "2.13.0", "seed": 0}
     (directory / "summary.json").write_text(json.dumps(summary))
 
 
@@ -96,3 +102,38 @@ def test_markdown_png_and_hparams(ablation):
     assert directory / "results.md" in written
     write_report(spec, directory)  # re-aggregating replaces the HParams runs instead of adding to them
     assert len(sorted((directory / "hparams").rglob("events.out.tfevents.*"))) == 6
+
+
+def test_power_section_matches_the_stats_functions(ablation):
+    spec, directory = ablation
+    write_report(spec, directory)
+    text = (directory / "results.md").read_text()
+    pooled = math.sqrt((2 * 2.0**2 + 2 * 1.0**2) / 4)  # vanilla std 2, xai std 1, 2 degrees of freedom each
+    assert pooled_std([FINAL["vanilla"], FINAL["xai"]]).std == pytest.approx(pooled)
+    effect = minimum_detectable_effect(pooled, 3)
+    assert t_test_power(effect, pooled, 3) == pytest.approx(0.8, abs=1e-6)
+    row = next(line for line in text.splitlines() if line.startswith("| final FD"))
+    assert f"{effect:.4g} ({effect / 12 * 100:.4g}%)" in row  # vanilla mean 12
+    assert f"| {seeds_needed(1.2, pooled)} |" in row  # a 10% change of 12
+    assert "## Statistical power" in text and "environment: not recorded" in text
+
+
+def test_cells_from_different_environments_are_refused_unless_allowed(tmp_path):
+    for arm in FINAL:
+        for seed in range(3):
+            threads = 2 if (arm, seed) == ("xai", 1) else 1
+            write_cell(tmp_path / arm / f"seed_{seed}", 20.0, FINAL[arm][seed], 100.0, threads=threads)
+    spec = AblationSpec("mixed", "recipes/train_gan.py", "base.yaml", (Arm("vanilla", {}, True), Arm("xai", {})))
+    with pytest.raises(UserError, match=r"torch_threads: 1 \(vanilla/seed_0, .*; 2 \(xai/seed_1\).*--allow-mixed"):
+        write_report(spec, tmp_path)
+    assert not (tmp_path / "results.md").exists()
+    write_report(spec, tmp_path, allow_mixed=True)
+    text = (tmp_path / "results.md").read_text()
+    assert "**mixed environments, aggregated with --allow-mixed**: torch_threads: 1" in text
+    (tmp_path / "xai" / "seed_1" / "summary.json").write_text(
+        (tmp_path / "xai" / "seed_1" / "summary.json").read_text().replace('"torch_threads": 2', '"torch_threads": 1')
+    )
+    write_report(spec, tmp_path)
+    assert "environment (every cell): torch `2.13.0`, cpu `test-cpu`, torch_threads `1`" in (
+        tmp_path / "results.md"
+    ).read_text()

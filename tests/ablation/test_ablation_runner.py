@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -126,3 +127,24 @@ def test_dry_run_runs_nothing(tmp_path):
     assert len(outcomes) == 4 and not (tmp_path / "ablation").exists()
     assert lines[0].startswith("[cell 1/4] arm=a seed=0 (new)")
     assert f"{shlex.quote(sys.executable)} {FAKE_RECIPE} --config" in lines[0]
+
+
+def test_cells_run_side_by_side_with_the_thread_count_pinned(tmp_path):
+    spec = dataclasses.replace(fake_spec(tmp_path), threads=3)
+    cells = expand_cells(spec)
+    lines: list[str] = []
+    outcomes = run_cells(spec, cells, tmp_path / "ablation", jobs=2, env={"PATH": "/usr/bin"}, print_fn=lines.append)
+    assert [o.status for o in outcomes] == ["ok"] * 4 and [o.cell for o in outcomes] == cells  # in cell order
+    assert sum("done" in line for line in lines) == 4
+    for cell in cells:
+        directory = cell_dir(tmp_path / "ablation", cell)
+        fingerprint = json.loads((directory / "summary.json").read_text())["fingerprint"]
+        assert fingerprint["torch_threads"] == fingerprint["omp_num_threads"] == "3"
+        assert (directory / "command.txt").read_text().startswith("XAI_TRAIN_THREADS=3 OMP_NUM_THREADS=3 ")
+
+
+def test_threads_auto_leaves_the_environment_alone(tmp_path):
+    spec = dataclasses.replace(fake_spec(tmp_path, arms=(Arm("a", {}, True),)), threads=None)
+    run_cells(spec, expand_cells(spec, seeds=[0]), tmp_path / "ablation", env={}, print_fn=lambda line: None)
+    summary = json.loads((tmp_path / "ablation" / "a" / "seed_0" / "summary.json").read_text())
+    assert summary["fingerprint"]["torch_threads"] is None

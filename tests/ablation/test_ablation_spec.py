@@ -161,3 +161,13 @@ def test_shipped_ablations_parse_and_validate(name):
     spec = load_spec(f"configs/ablation/{name}.yaml")
     assert sum(arm.baseline for arm in spec.arms) == 1 and len(expand_cells(spec)) >= 9
     validate_cells(spec, expand_cells(spec))
+
+
+def test_threads_key_is_checked():
+    base = {"recipe": "r.py", "base": "b.yaml", "arms": [{"name": "a"}]}
+    assert parse_spec(base, "demo").threads == 1  # default: one thread per cell
+    assert parse_spec({**base, "threads": "auto"}, "demo").threads is None
+    assert parse_spec({**base, "threads": 4}, "demo").threads == 4
+    for bad in (0, -1, 1.5, "two", True):
+        with pytest.raises(ConfigError, match="'threads' must be a whole number >= 1 or 'auto'"):
+            parse_spec({**base, "threads": bad}, "demo")

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from xai_train.ablation.stats import Summary, format_mean_std, format_relative, summarize, welch_compare
+from xai_train.ablation.stats import (
+    Summary,
+    format_mean_std,
+    format_relative,
+    minimum_detectable_effect,
+    seeds_needed,
+    summarize,
+    t_test_power,
+    welch_compare,
+)
 
 
 def test_summarize_uses_the_sample_std_and_drops_non_finite_values():
@@ -62,3 +72,17 @@ def test_formatting():
     # difference -3, half-width t_{0.975, 50/17} * sqrt(5/3) = 3.218 * 1.291 = 4.155 -> [-7.16, 1.16] / 12
     assert format_relative(welch_compare([8.0, 9.0, 10.0], [10.0, 12.0, 14.0])) == "-25% [-60%, +10%]"
     assert format_relative(welch_compare([2.0], [1.0, 3.0])) == "+0%"
+
+
+def test_power_figures_match_the_textbook_and_a_simulation():
+    # Cohen's tables: d = 1 needs 17 per group, d = 0.5 needs 64, for 80% power at two-sided 5%.
+    assert seeds_needed(1.0, 1.0) == 17 and seeds_needed(0.5, 1.0) == 64 and seeds_needed(2.0, 4.0) == 64
+    effect = minimum_detectable_effect(3.0, 5)
+    assert t_test_power(effect, 3.0, 5) == pytest.approx(0.8, abs=1e-6)
+    assert t_test_power(effect, 3.0, 4) < 0.8 < t_test_power(effect, 3.0, 6)
+    rng = np.random.default_rng(0)
+    base, arm = rng.normal(0.0, 3.0, (40_000, 5)), rng.normal(effect, 3.0, (40_000, 5))
+    rejected = scipy_stats.ttest_ind(arm, base, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.8, abs=0.01)  # binomial std at 40k trials: 0.002
+    assert math.isnan(minimum_detectable_effect(0.0, 5)) and math.isnan(minimum_detectable_effect(1.0, 1))
+    assert math.isnan(seeds_needed(1.0, 0.0)) and seeds_needed(1e-3, 1.0, limit=1000) == math.inf

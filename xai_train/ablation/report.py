@@ -2,7 +2,9 @@
 
 Every number in the Markdown names its feature extractor and sample count; the relative change vs the
 baseline carries a 95% Welch-t interval (see ``xai_train.ablation.stats``). An interval that contains 0 means
-the difference is within seed-to-seed noise at this number of seeds.
+the difference is within seed-to-seed noise at this number of seeds. The report also states the smallest
+effect these seeds can detect and the seeds a 10% change would need, and the environment the cells ran in:
+cells whose fingerprints differ in anything that changes numbers are refused unless ``allow_mixed``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,24 @@ from xai_train.ablation.hparams import write_hparams
 from xai_train.ablation.plots import arm_curves, plot_curves
 from xai_train.ablation.results import ArmResult, aggregate, cell_row, collect_cells, quantities
 from xai_train.ablation.spec import AblationSpec, format_value
-from xai_train.ablation.stats import Summary, format_mean_std, format_relative
+from xai_train.ablation.stats import (
+    Summary,
+    format_mean_std,
+    format_relative,
+    minimum_detectable_effect,
+    pooled_std,
+    seeds_needed,
+)
 from xai_train.atomic import atomic_path, atomic_write
 from xai_train.benchmarks.timing import markdown_table
+from xai_train.errors import UserError
+from xai_train.fingerprint import describe_differences, numeric_differences
+
+DETECT = 0.10
+"""The relative change whose seed requirement every report states (a 10% FD change)."""
+
+ENVIRONMENT_FIELDS = ("torch", "diffusers", "device", "gpu", "cpu", "torch_threads", "processes", "mixed_precision")
+"""Fingerprint fields the report's environment line shows (all numeric fields are compared)."""
 
 LABELS = {"fd": "FD", "kid": "KID", "precision": "precision", "recall": "recall"}
 
@@ -78,8 +95,10 @@ def markdown_report(
     metrics: Sequence[str],
     plots: Sequence[str] = (),
     command: str = "",
+    environment: Sequence[str] = (),
 ) -> str:
-    """The ``results.md`` text: settings, the per-arm table, the arms' overrides, per-cell values, plots.
+    """The ``results.md`` text: settings, environment, the per-arm table, statistical power, the arms'
+    overrides, per-cell values, plots.
 
     Args:
         spec: the ablation.
@@ -88,6 +107,7 @@ def markdown_report(
         metrics: metric names present.
         plots: PNG file names (relative to the Markdown file) to embed.
         command: the command that produced the runs.
+        environment: lines describing the cells' environment (:func:`environment_lines`).
 
     Returns:
         Markdown text.
@@ -109,6 +129,7 @@ def markdown_report(
     ]
     if command:
         lines.append(f"- command: `{command}`")
+    lines += [f"- {line}" for line in environment]
     header = ["arm", "n"]
     for name in metrics:
         label = LABELS.get(name, name)
@@ -142,6 +163,7 @@ def markdown_report(
         markdown_table(header, table),
         "",
     ]
+    lines += power_section(results, rows, metrics, baseline)
     arms = [
         [arm.name, ", ".join(f"`{k}={format_value(v)}`" for k, v in arm.overrides.items()) or "(common only)"]
         for arm in spec.arms
@@ -170,20 +192,108 @@ def markdown_report(
     return "\n".join(lines)
 
 
+def power_section(
+    results: Sequence[ArmResult], rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], baseline: str
+) -> list[str]:
+    """Markdown lines: per final metric, the pooled seed-to-seed std, the minimum detectable effect at these
+    seeds (two-sided 95%, 80% power) and the seeds per arm a 10% change would need."""
+    finished = [row for row in rows if row.get("finished")]
+    arms = [result.arm for result in results]
+    base = next((result for result in results if result.arm == baseline), None)
+    if base is None or not finished:
+        return []
+    seeds = min(result.n for result in results)
+    table = []
+    for name in metrics:
+        column = f"final_{name}"
+        spread = pooled_std([[float(r.get(column, math.nan)) for r in finished if r["arm"] == arm] for arm in arms])
+        scale = base.summaries[column].mean
+        effect = minimum_detectable_effect(spread.std, seeds)
+        needed = seeds_needed(DETECT * scale, spread.std)
+        table.append(
+            [
+                f"final {LABELS.get(name, name)}",
+                _number(scale),
+                f"{_number(spread.std)} ({_number(spread.std / scale * 100)}%)",
+                f"{_number(effect)} ({_number(effect / scale * 100)}%)",
+                "n/a" if math.isnan(needed) else (">100000" if math.isinf(needed) else str(int(needed))),
+            ]
+        )
+    header = [
+        "quantity",
+        f"`{baseline}` mean",
+        "seed-to-seed std (pooled over arms)",
+        f"minimum detectable effect at {seeds} seeds",
+        f"seeds per arm for a {DETECT:.0%} change",
+    ]
+    return [
+        "## Statistical power",
+        "",
+        f"Two-sided two-sample t-test at 95%, 80% power, equal seeds per arm, exact (noncentral t), with the "
+        f"seed-to-seed std pooled over the {len(arms)} arms (`xai_train/ablation/stats.py`). A true change smaller "
+        "than the minimum detectable effect is missed more often than not at this seed count: a Δ interval "
+        "containing 0 says *no effect large enough to detect*, not *no effect*.",
+        "",
+        markdown_table(header, table),
+        "",
+    ]
+
+
+def check_environments(cells: Sequence[Any], allow_mixed: bool, name: str) -> list[str]:
+    """Compares the finished cells' fingerprints; returns the report's environment lines.
+
+    Raises:
+        UserError: the cells differ in a field that changes numbers (unless ``allow_mixed``).
+    """
+    fingerprints = {f"{cell.arm}/seed_{cell.seed}": cell.summary.get("fingerprint") for cell in cells if cell.finished}
+    if not fingerprints:
+        return []
+    differences = numeric_differences(fingerprints)
+    if differences and not allow_mixed:
+        raise UserError(
+            f"ablation '{name}': its cells ran in different environments ("
+            + " | ".join(describe_differences(differences))
+            + "); their numbers are not comparable: re-run the odd cells in a fresh --output-dir, or pass "
+            "--allow-mixed to aggregate anyway (the report then says so)"
+        )
+    known = next((fp for fp in fingerprints.values() if fp is not None), None)
+    lines = []
+    if known is None:
+        lines.append("environment: not recorded (cells made before run fingerprints existed)")
+    else:
+        shown = [f"{field} `{known.get(field)}`" for field in ENVIRONMENT_FIELDS if known.get(field) is not None]
+        same = "every cell" if not differences else "the first cell with a fingerprint"
+        lines.append(f"environment ({same}): " + ", ".join(shown))
+    if differences:
+        lines.append(
+            "**mixed environments, aggregated with --allow-mixed**: "
+            + "; ".join(describe_differences(differences))
+            + ". Differences between these cells include the environment's, not only the arms'."
+        )
+    return lines
+
+
 def _number(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
 
-def write_report(spec: AblationSpec, ablation_dir: str | Path, *, command: str = "") -> list[Path]:
+def write_report(
+    spec: AblationSpec, ablation_dir: str | Path, *, command: str = "", allow_mixed: bool = False
+) -> list[Path]:
     """Aggregates an ablation directory: CSVs, Markdown, one PNG per metric, and TensorBoard HParams.
 
     Args:
         spec: the ablation (arm order, baseline, headline metric).
         ablation_dir: where the cells are.
         command: the command that produced the runs (default: ``ablate_command.txt`` if present).
+        allow_mixed: aggregate cells whose environment fingerprints differ (the report says so).
 
     Returns:
         The files and folders written.
+
+    Raises:
+        UserError: the finished cells' fingerprints differ in a field that changes numbers, and not
+            ``allow_mixed``; nothing is written then.
     """
     ablation_dir = Path(ablation_dir)
     ablation_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +301,7 @@ def write_report(spec: AblationSpec, ablation_dir: str | Path, *, command: str =
         command = (ablation_dir / "ablate_command.txt").read_text().strip()
     arms = [arm.name for arm in spec.arms]
     cells = collect_cells(ablation_dir, arms)
+    environment = check_environments(cells, allow_mixed, spec.name)
     rows = [cell_row(cell) for cell in cells]
     metrics = [name for name in LABELS if any(f"final_{name}" in row for row in rows if row.get("finished"))]
     metrics.sort(key=lambda name: name != spec.metric)  # the headline metric first
@@ -213,7 +324,7 @@ def write_report(spec: AblationSpec, ablation_dir: str | Path, *, command: str =
         )
         plots.append(path.name)
         written.append(path)
-    text = markdown_report(spec, results, rows, metrics, plots, command)
+    text = markdown_report(spec, results, rows, metrics, plots, command, environment)
     atomic_write(ablation_dir / "results.md", text)
     written.append(ablation_dir / "results.md")
     written.append(write_hparams(rows, {arm.name: arm.overrides for arm in spec.arms}, ablation_dir / "hparams"))

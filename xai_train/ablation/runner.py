@@ -1,4 +1,4 @@
-"""Running ablation cells: one subprocess per cell, sequentially, resumable, with a progress line per cell.
+"""Running ablation cells: one subprocess per cell, ``jobs`` at a time, resumable, a progress line per cell.
 
 A cell lives in ``<ablation_dir>/<arm>/seed_<seed>/`` (``run.output_dir=<ablation_dir>/<arm>``,
 ``run.name=seed_<seed>``). Its state is read from the files the recipe leaves there:
@@ -8,23 +8,27 @@ A cell lives in ``<ablation_dir>/<arm>/seed_<seed>/`` (``run.output_dir=<ablatio
   which continues from the latest checkpoint (or starts fresh if none was saved);
 - ``new``: nothing there yet.
 
-The recipe's stdout and stderr are appended to ``<cell_dir>/log.txt``; the exact command is in
-``<cell_dir>/command.txt``.
+The recipe's stdout and stderr are appended to ``<cell_dir>/log.txt``; the exact command, with the pinned
+thread count (:func:`cell_environment`), is in ``<cell_dir>/command.txt``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from xai_train.ablation.spec import AblationSpec, Cell, format_value
 from xai_train.atomic import atomic_write
+from xai_train.threads import THREADS_ENV
 
 FINISHED, PARTIAL, NEW = "finished", "partial", "new"
 CHANGED_WARNING = "WARNING: it ran with other settings, see its command.txt; a changed ablation needs --output-dir"
@@ -130,6 +134,25 @@ def tail(path: Path, lines: int = 8) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def cell_environment(threads: int | None, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a cell: ``env`` (default: this process's) with the thread count pinned.
+
+    A CPU result depends on the thread count (docs/reproducibility.md), so every cell of an ablation runs with
+    the same one: ``XAI_TRAIN_THREADS`` (read by every recipe) and ``OMP_NUM_THREADS`` (read by torch at import).
+
+    Example:
+        >>> environment = cell_environment(1, {"PATH": "/bin"})
+        >>> environment["XAI_TRAIN_THREADS"], environment["OMP_NUM_THREADS"], environment["PATH"]
+        ('1', '1', '/bin')
+        >>> "XAI_TRAIN_THREADS" in cell_environment(None, {})
+        False
+    """
+    environment = dict(os.environ if env is None else env)
+    if threads is not None:
+        environment[THREADS_ENV] = environment["OMP_NUM_THREADS"] = str(threads)
+    return environment
+
+
 def run_cells(
     spec: AblationSpec,
     cells: Sequence[Cell],
@@ -139,11 +162,15 @@ def run_cells(
     dry_run: bool = False,
     cwd: str | Path = ".",
     env: dict[str, str] | None = None,
+    jobs: int = 1,
     print_fn: Callable[[str], None] = print,
 ) -> list[CellOutcome]:
-    """Runs the cells one after another; finished cells are skipped, partial ones resumed.
+    """Runs the cells, ``jobs`` at a time, in order; finished cells are skipped, partial ones resumed.
 
-    A failing cell is reported (exit code, log path, the log's last lines) and the others still run.
+    Every cell runs with ``spec.threads`` torch threads (:func:`cell_environment`). With one thread per cell,
+    ``jobs`` up to the number of cores runs that many cells side by side without changing their numbers (only
+    their wall-clock). A failing cell is reported (exit code, log path, the log's last lines) and the others
+    still run.
 
     Args:
         spec: the ablation.
@@ -152,15 +179,19 @@ def run_cells(
         launcher: command prefix for each cell (see ``cell_command``).
         dry_run: only print each cell's state and exact command.
         cwd: working directory of the subprocesses (the repository root: recipe/base paths are relative).
-        env: environment of the subprocesses (default: inherited).
+        env: environment of the subprocesses (default: inherited), before the thread count is pinned.
+        jobs: cells run at the same time (>= 1).
         print_fn: where progress lines go.
 
     Returns:
         One ``CellOutcome`` per cell, in order.
     """
-    outcomes: list[CellOutcome] = []
-    durations: list[float] = []
-    started = time.perf_counter()
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    environment = cell_environment(spec.threads, env)
+    pinned = "" if spec.threads is None else f"{THREADS_ENV}={spec.threads} OMP_NUM_THREADS={spec.threads} "
+    outcomes: dict[int, CellOutcome] = {}
+    todo: list[tuple[int, Cell, Path, str, list[str]]] = []
     total = len(cells)
     for index, cell in enumerate(cells, start=1):
         directory = cell_dir(ablation_dir, cell)
@@ -168,32 +199,49 @@ def run_cells(
         head = f"[cell {index}/{total}] arm={cell.arm} seed={cell.seed}"
         command = cell_command(spec, cell, ablation_dir, launcher=launcher, resume=state == PARTIAL)
         if dry_run:
-            print_fn(f"{head} ({state})\n    {shlex.join(command)}")
-            outcomes.append(CellOutcome(cell, "skipped" if state == FINISHED else "planned"))
-            continue
-        if state == FINISHED:
+            print_fn(f"{head} ({state})\n    {pinned}{shlex.join(command)}")
+            outcomes[index] = CellOutcome(cell, "skipped" if state == FINISHED else "planned")
+        elif state == FINISHED:
             changed = "" if same_settings(Path(cwd) / directory, command) else f" ({CHANGED_WARNING})"
             print_fn(f"{head}: finished earlier, skipped{changed}")
-            outcomes.append(CellOutcome(cell, "skipped"))
-            continue
-        print_fn(f"{head}: {'resuming' if state == PARTIAL else 'starting'} (log {directory / 'log.txt'})")
-        outcome = run_one(cell, command, Path(cwd) / directory, cwd=cwd, env=env)
-        durations.append(outcome.seconds)
-        left = sum(1 for later in cells[index:] if cell_status(Path(cwd) / cell_dir(ablation_dir, later)) != FINISHED)
-        eta = estimate_remaining(durations, left)
-        timing = (
-            f"took {format_seconds(outcome.seconds)}, elapsed {format_seconds(time.perf_counter() - started)}, "
-            f"ETA {format_seconds(eta) if eta is not None else '?'} for {left} cell(s)"
-        )
-        if outcome.status == "ok":
-            print_fn(f"{head}: done, {timing}")
+            outcomes[index] = CellOutcome(cell, "skipped")
         else:
-            print_fn(
-                f"{head}: FAILED with exit code {outcome.returncode}, {timing}\n"
-                f"    log: {outcome.log}\n" + "\n".join("    | " + line for line in tail(outcome.log).splitlines())
+            todo.append((index, cell, directory, state, command))
+
+    lock = threading.Lock()
+    durations: list[float] = []
+    started = time.perf_counter()
+
+    def run(index: int, cell: Cell, directory: Path, state: str, command: list[str]) -> CellOutcome:
+        head = f"[cell {index}/{total}] arm={cell.arm} seed={cell.seed}"
+        with lock:
+            print_fn(f"{head}: {'resuming' if state == PARTIAL else 'starting'} (log {directory / 'log.txt'})")
+        outcome = run_one(cell, command, Path(cwd) / directory, cwd=cwd, env=environment, prefix=pinned)
+        with lock:
+            durations.append(outcome.seconds)
+            left = len(todo) - len(durations)
+            eta = estimate_remaining(durations, left)
+            eta_text = format_seconds(eta / min(jobs, max(1, left))) if eta is not None else "?"
+            timing = (
+                f"took {format_seconds(outcome.seconds)}, elapsed {format_seconds(time.perf_counter() - started)}, "
+                f"ETA {eta_text} for {left} cell(s)"
             )
-        outcomes.append(outcome)
-    return outcomes
+            if outcome.status == "ok":
+                print_fn(f"{head}: done, {timing}")
+            else:
+                print_fn(
+                    f"{head}: FAILED with exit code {outcome.returncode}, {timing}\n"
+                    f"    log: {outcome.log}\n"
+                    + "\n".join("    | " + line for line in tail(outcome.log).splitlines())
+                )
+        return outcome
+
+    if todo:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {item[0]: pool.submit(run, *item) for item in todo}
+            for index, future in futures.items():
+                outcomes[index] = future.result()
+    return [outcomes[index] for index in sorted(outcomes)]
 
 
 def same_settings(directory: Path, command: Sequence[str]) -> bool:
@@ -217,11 +265,20 @@ def same_settings(directory: Path, command: Sequence[str]) -> bool:
 
 
 def run_one(
-    cell: Cell, command: Sequence[str], directory: Path, *, cwd: str | Path = ".", env: dict[str, str] | None = None
+    cell: Cell,
+    command: Sequence[str],
+    directory: Path,
+    *,
+    cwd: str | Path = ".",
+    env: dict[str, str] | None = None,
+    prefix: str = "",
 ) -> CellOutcome:
-    """Runs one cell's command with its output appended to ``directory/log.txt``."""
+    """Runs one cell's command with its output appended to ``directory/log.txt``.
+
+    ``command.txt`` records ``prefix`` (the pinned thread variables) and the command, ready to paste.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / "command.txt", shlex.join(command) + "\n")
+    atomic_write(directory / "command.txt", prefix + shlex.join(command) + "\n")
     log = directory / "log.txt"
     start = time.perf_counter()
     with open(log, "a") as handle:

@@ -8,6 +8,7 @@ An ablation YAML names the recipe script, a base config, common overrides, arms 
     metric: fd                                   # the headline metric (plots, relative change)
     output_dir: runs/ablation/xaigan_alpha
     seeds: [0, 1, 2]
+    threads: 1                                   # torch threads per cell (default 1; "auto": the recipe's)
     overrides: {train.max_steps: 1000, eval.enabled: true}
     arms:
       - {name: vanilla, baseline: true}
@@ -34,7 +35,19 @@ import yaml
 from xai_train.config import ConfigError, load_config, read_yaml
 from xai_train.config.common import EVAL_OUTPUTS
 
-SPEC_KEYS = ("recipe", "base", "schema", "metric", "output_dir", "seeds", "overrides", "arms", "grid", "description")
+SPEC_KEYS = (
+    "recipe",
+    "base",
+    "schema",
+    "metric",
+    "output_dir",
+    "seeds",
+    "threads",
+    "overrides",
+    "arms",
+    "grid",
+    "description",
+)
 ARM_KEYS = ("name", "baseline", "overrides", "grid", "description")
 
 
@@ -62,6 +75,7 @@ class AblationSpec:
     metric: str = "fd"
     output_dir: str = ""
     description: str = ""
+    threads: int | None = 1  # torch threads of every cell: a CPU result depends on it (None: the recipe's default)
 
     @property
     def baseline(self) -> Arm:
@@ -233,6 +247,7 @@ def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -
     ):
         raise ConfigError(f"{source}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
     check_unique_seeds(seeds, source)
+    threads = parse_threads(data.get("threads", 1), f"{source}: 'threads'")
     metric, metrics = str(data.get("metric", "fd")), [name for names in EVAL_OUTPUTS.values() for name in names]
     if metric not in metrics:
         raise ConfigError(f"{source}: metric {metric!r} is not an evaluation output; choose from: {', '.join(metrics)}")
@@ -256,7 +271,23 @@ def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -
         metric=metric,
         output_dir=str(data.get("output_dir", "")),
         description=str(data.get("description", "")).strip(),
+        threads=threads,
     )
+
+
+def parse_threads(value: Any, where: str) -> int | None:
+    """A per-cell thread count: a whole number >= 1, or ``"auto"`` (``None``: each recipe's own default).
+
+    Example:
+        >>> parse_threads(1, "threads"), parse_threads("auto", "threads"), parse_threads("2", "threads")
+        (1, None, 2)
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{where} must be a whole number >= 1 or 'auto', got {value!r}")
+    return int(text)
 
 
 def load_spec(path: str | Path, root: str | Path = ".") -> AblationSpec:

@@ -4,6 +4,10 @@ Why Welch and not a bootstrap: ablations here have 3-5 seeds per arm. A bootstra
 10 distinct resamples and its percentile interval is far too narrow; Welch's t interval on the difference of
 means (unequal variances, Welch-Satterthwaite degrees of freedom) is wide with few seeds, as it should be.
 
+The power figures (:func:`minimum_detectable_effect`, :func:`seeds_needed`) are those of a two-sided
+two-sample t-test with equal seeds per arm, computed exactly from the noncentral t distribution, with the
+seed-to-seed standard deviation pooled over the arms (:func:`pooled_std`).
+
 The relative change is ``(mean_arm - mean_base) / mean_base``; its interval is the difference's interval
 divided by ``mean_base``. That treats the baseline mean as a fixed scale (its noise is in the difference's
 standard error, not in the normalisation), which is the usual convention for "x% better than baseline".
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as scipy_stats
 
 
@@ -107,6 +112,96 @@ def welch_compare(arm: Sequence[float], baseline: Sequence[float], confidence: f
     if scale < 0:
         rel_low, rel_high = rel_high, rel_low
     return Comparison(difference, low, high, relative, rel_low, rel_high, df, p_value, confidence)
+
+
+def pooled_std(groups: Sequence[Sequence[float]]) -> Summary:
+    """Seed-to-seed standard deviation pooled over arms: ``sqrt(Σ (n_i - 1) s_i² / Σ (n_i - 1))``.
+
+    Returns:
+        A ``Summary`` whose ``std`` is the pooled value, ``n`` its degrees of freedom and ``mean`` the mean of
+        all values (NaN std without any arm of 2+ values).
+
+    Example:
+        >>> pooled_std([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [5.0]])
+        Summary(mean=3.2857142857142856, std=1.5811388300841898, n=4)
+    """
+    arrays = [finite(group) for group in groups]
+    usable = [array for array in arrays if array.size >= 2]
+    df = sum(array.size - 1 for array in usable)
+    values = np.concatenate(arrays) if arrays else np.zeros(0)
+    mean = float(values.mean()) if values.size else math.nan
+    if df == 0:
+        return Summary(mean, math.nan, 0)
+    variance = sum((array.size - 1) * array.var(ddof=1) for array in usable) / df
+    return Summary(mean, float(math.sqrt(variance)), int(df))
+
+
+def t_test_power(effect: float, std: float, n: int, alpha: float = 0.05) -> float:
+    """Power of a two-sided two-sample t-test (``n`` values per arm, common ``std``) to detect ``effect``.
+
+    Example:
+        >>> round(t_test_power(1.0, 1.0, 17), 3)  # the textbook case: d = 1 needs 17 per group for 80%
+        0.807
+    """
+    if n < 2 or not std > 0:
+        return math.nan
+    df = 2 * n - 2
+    noncentrality = abs(effect) / (std * math.sqrt(2 / n))
+    critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
+    if noncentrality > 30:  # power is 1 to double precision; scipy's nct returns NaN further out
+        return 1.0
+    return float(
+        scipy_stats.nct.sf(critical, df, noncentrality) + scipy_stats.nct.cdf(-critical, df, noncentrality)
+    )
+
+
+def minimum_detectable_effect(std: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest difference of means a two-sided t-test at level ``alpha`` finds with probability ``power``.
+
+    Args:
+        std: seed-to-seed standard deviation (e.g. :func:`pooled_std`).
+        n: seeds per arm.
+        alpha: test level (0.05: two-sided 95%).
+        power: wanted power.
+
+    Returns:
+        The effect in the units of ``std`` (NaN for n < 2 or a zero/NaN std).
+
+    Example:
+        >>> round(minimum_detectable_effect(1.0, 17), 3), round(minimum_detectable_effect(1.0, 3), 2)
+        (0.991, 3.07)
+    """
+    if n < 2 or not std > 0:
+        return math.nan
+    return float(
+        optimize.brentq(lambda effect: t_test_power(effect, std, n, alpha) - power, 1e-9 * std, 100 * std)
+    )
+
+
+def seeds_needed(effect: float, std: float, alpha: float = 0.05, power: float = 0.8, limit: int = 100_000) -> float:
+    """Seeds per arm for a two-sided t-test at level ``alpha`` to find ``effect`` with probability ``power``.
+
+    Returns:
+        The smallest such count (>= 2); NaN when ``std`` is zero/NaN; inf beyond ``limit``.
+
+    Example:
+        >>> seeds_needed(1.0, 1.0), seeds_needed(0.5, 1.0)
+        (17, 64)
+    """
+    if not std > 0 or not abs(effect) > 0:
+        return math.nan
+    low, high = 2, 2
+    while t_test_power(effect, std, high, alpha) < power:
+        low, high = high, high * 2
+        if high > limit:
+            return math.inf
+    while low < high:  # the smallest n in [low, high] with enough power (power grows with n)
+        middle = (low + high) // 2
+        if t_test_power(effect, std, middle, alpha) >= power:
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 def format_mean_std(summary: Summary, digits: int = 3) -> str:
