@@ -28,6 +28,8 @@ from callbacks import EvalMetrics
 from xai_train.atomic import atomic_write
 from xai_train.callback import TrainState
 from xai_train.cli import count, run_main
+from xai_train.config import read_yaml
+from xai_train.errors import UserError
 from xai_train.fingerprint import environment_fingerprint
 from xai_train.runs import load_gan_run
 from xai_train.threads import configure_threads
@@ -44,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threads = configure_threads(args.threads)
 
+    config_file = Path(args.run) / "config.yaml"
+    if config_file.is_file() and "unet" in (read_yaml(config_file) or {}):
+        raise UserError(
+            f"'{args.run}' is a diffusion run; recipes/evaluate.py evaluates GAN runs (a diffusion run's FD/KID "
+            "are in its metrics.jsonl, computed the same way during training; recipes/sample.py draws samples)"
+        )
     run = load_gan_run(args.run, args.checkpoint)
     config = run.config
     settings = config.eval.callback_kwargs(config.data, config.run.seed if args.seed is None else args.seed)

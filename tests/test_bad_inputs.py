@@ -41,7 +41,10 @@ class NoTraining:
 
 @pytest.fixture(scope="module")
 def recipes():
-    modules = {name: load_recipe(name) for name in ("train_gan", "train_diffusion", "sample", "ablate", "custom_loop")}
+    modules = {
+        name: load_recipe(name)
+        for name in ("train_gan", "train_diffusion", "sample", "ablate", "custom_loop", "evaluate")
+    }
     modules["train_gan"].GANTrainer = NoTraining
     modules["train_diffusion"].DiffusionTrainer = NoTraining
     return modules
@@ -57,6 +60,8 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
+    (tmp_path / "diffusion_run").mkdir(exist_ok=True)
+    (tmp_path / "diffusion_run" / "config.yaml").write_text("unet: {}\n")
     return {name: tmp_path / name for name in files}
 
 
@@ -160,6 +165,10 @@ CLI_CASES = [
     ("sample", ["{tmp}", "--out", "{tmp}/binary.yaml"], ["--out=", "is a file; give a folder"]),
     ("ablate", ["{tmp}/binary.yaml"], ["binary.yaml", "not UTF-8"]),
     ("ablate", ["{tmp}/missing.yaml"], ["missing.yaml", "does not exist"]),
+    ("ablate", ["configs/ablation/xaigan_alpha.yaml", "--threads", "0"], ["--threads", "whole number >= 1"]),
+    ("evaluate", ["{tmp}/no_such_run"], ["no_such_run", "has no config.yaml"]),
+    ("evaluate", ["{tmp}/diffusion_run"], ["is a diffusion run", "evaluates GAN runs"]),
+    ("evaluate", ["{tmp}", "--threads", "zero"], ["--threads must be a whole number"]),
     ("custom_loop", ["--steps", "-1"], ["--steps=-1: must be >= 1"]),
     ("custom_loop", ["--width", "0"], ["--width=0: must be >= 1"]),
 ]

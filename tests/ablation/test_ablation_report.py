@@ -134,6 +134,7 @@ def test_cells_from_different_environments_are_refused_unless_allowed(tmp_path):
         (tmp_path / "xai" / "seed_1" / "summary.json").read_text().replace('"torch_threads": 2', '"torch_threads": 1')
     )
     write_report(spec, tmp_path)
-    assert "environment (every cell): torch `2.13.0`, cpu `test-cpu`, torch_threads `1`" in (
-        tmp_path / "results.md"
-    ).read_text()
+    assert (
+        "environment (every cell): torch `2.13.0`, cpu `test-cpu`, torch_threads `1`"
+        in (tmp_path / "results.md").read_text()
+    )

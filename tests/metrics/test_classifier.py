@@ -7,6 +7,7 @@ from safetensors.torch import load_file, save_file
 
 import xai_train.metrics.extractor as extractor_module
 from xai_train.data.digits import load_digits_dataset
+from xai_train.fingerprint import cpu_model
 from xai_train.metrics import (
     ClassifierRecipe,
     default_cache_dir,
@@ -16,7 +17,6 @@ from xai_train.metrics import (
     recipe_key,
     train_classifier,
 )
-from xai_train.fingerprint import cpu_model
 from xai_train.metrics.extractor import ExtractorError, shipped_paths, weights_sha256
 
 FAST = ClassifierRecipe(width=16, epochs=4)  # ~1-2 s on one core at 16x16, > 0.9 held-out accuracy

@@ -231,8 +231,7 @@ def run_cells(
             else:
                 print_fn(
                     f"{head}: FAILED with exit code {outcome.returncode}, {timing}\n"
-                    f"    log: {outcome.log}\n"
-                    + "\n".join("    | " + line for line in tail(outcome.log).splitlines())
+                    f"    log: {outcome.log}\n" + "\n".join("    | " + line for line in tail(outcome.log).splitlines())
                 )
         return outcome
 

@@ -150,9 +150,7 @@ def t_test_power(effect: float, std: float, n: int, alpha: float = 0.05) -> floa
     critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
     if noncentrality > 30:  # power is 1 to double precision; scipy's nct returns NaN further out
         return 1.0
-    return float(
-        scipy_stats.nct.sf(critical, df, noncentrality) + scipy_stats.nct.cdf(-critical, df, noncentrality)
-    )
+    return float(scipy_stats.nct.sf(critical, df, noncentrality) + scipy_stats.nct.cdf(-critical, df, noncentrality))
 
 
 def minimum_detectable_effect(std: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -173,9 +171,7 @@ def minimum_detectable_effect(std: float, n: int, alpha: float = 0.05, power: fl
     """
     if n < 2 or not std > 0:
         return math.nan
-    return float(
-        optimize.brentq(lambda effect: t_test_power(effect, std, n, alpha) - power, 1e-9 * std, 100 * std)
-    )
+    return float(optimize.brentq(lambda effect: t_test_power(effect, std, n, alpha) - power, 1e-9 * std, 100 * std))
 
 
 def seeds_needed(effect: float, std: float, alpha: float = 0.05, power: float = 0.8, limit: int = 100_000) -> float:

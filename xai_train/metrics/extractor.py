@@ -12,8 +12,9 @@ first use (one thread, seeded: the same weights whatever the thread count on a g
 ``<dataset>-<size>px-<channels>c-<key>.safetensors`` (weights) plus ``.json`` (metadata: name, SHA-256 of the
 weights, recipe, accuracy, training time, CPU). ``key`` hashes the dataset name, image size, channels and the
 full :class:`ClassifierRecipe` (including its ``version``), so a changed recipe trains a new one. A stored
-extractor whose weights do not hash to its name is refused (:class:`ExtractorError`). Nothing is pickled. In a multi-process run, build the extractor under ``accelerator.main_process_first()``
-so that only one rank trains and the others load the cached file.
+extractor whose weights do not hash to its name is refused (:class:`ExtractorError`). Nothing is pickled.
+In a multi-process run, build the extractor under ``accelerator.main_process_first()`` so that only one rank
+trains and the others load the cached file.
 """
 
 from __future__ import annotations
