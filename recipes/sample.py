@@ -3,11 +3,14 @@
     python recipes/sample.py runs/ddpm_digits
     python recipes/sample.py runs/ddpm_digits_xai_noise --num-images 64 --steps 50 --seed 1
     python recipes/sample.py runs/ddpm_digits --checkpoint latest      # an unfinished run: EMA weights of a checkpoint
+    python recipes/sample.py runs/srd_digits --checkpoint step_1500    # SRD consistent target: with that step's FAM
     accelerate launch recipes/sample.py runs/ddpm_digits               # same, on the accelerator's device
 
 Reads <run>/config.yaml (the resolved config) and the safetensors weights of <run>/pipeline (written at the end
-of training) or of a checkpoint. Writes <out>/samples.png and <out>/samples.npz (images: (N, H, W, C) float32
-in [0, 1]; seed; steps). Default <out>: <run>/sampled/seed<seed>_steps<steps>.
+of training) or of a checkpoint. A checkpoint is sampled as the export would sample it: a self-refining diffusion
+run with the consistent target with the per-pixel sampler and the checkpoint's FAM (plain DDIM before its first
+FAM), an importance-noise run with D's maps. Writes <out>/samples.png and <out>/samples.npz (images:
+(N, H, W, C) float32 in [0, 1]; seed; steps). Default <out>: <run>/sampled/seed<seed>_steps<steps>.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from diffusers import DDPMPipeline, DiffusionPipeline
 from einops import rearrange
 from safetensors.torch import load_file
 
+from callbacks import SelfRefiningDiffusion
+from xai_train.callback import CALLBACK_STATE_FILE
 from xai_train.checkpoint import TRAINER_STATE_FILE, read_state_file
-from xai_train.checkpoint.reading import check_model_file, read_record
+from xai_train.checkpoint.reading import CheckpointError, check_model_file, read_record
 from xai_train.cli import run_main
 from xai_train.config import ConfigError, load_config, read_yaml
 from xai_train.config.diffusion import DiffusionExperiment
-from xai_train.diffusion import TimeConditionedDiscriminator
+from xai_train.diffusion import FixedMapSampler, TimeConditionedDiscriminator, TimeConstantScale
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
 from xai_train.diffusion.pipeline import ImportanceDiffusionPipeline, load_pipeline, sample_pipeline
 from xai_train.images import make_grid, save_png
@@ -49,7 +54,8 @@ def load_weights(folder: Path, index: int, model: torch.nn.Module) -> None:
 
 
 def pipeline_from_checkpoint(config: DiffusionExperiment, folder: Path) -> DiffusionPipeline:
-    """Rebuilds the run's models from its config and loads a checkpoint (EMA weights when the run kept them)."""
+    """Rebuilds the run's models from its config and loads a checkpoint (EMA weights when the run kept them),
+    as the pipeline the run would have exported at that step (for SRD's consistent target: with its FAM)."""
     data, u, s = config.data, config.unet, config.scheduler
     read_record(folder)  # every file checkpoint.json lists is there, with its recorded size
     unet = build_unet(data.image_size, data.channels, **dataclasses.asdict(u))  # UNetConfig = build_unet's options
@@ -59,6 +65,10 @@ def pipeline_from_checkpoint(config: DiffusionExperiment, folder: Path) -> Diffu
         for param, shadow in zip(unet.parameters(), ema["shadow_params"], strict=True):
             param.data.copy_(shadow)
     scheduler = build_noise_scheduler(s.num_train_timesteps, s.beta_schedule, s.prediction_type, s.clip_sample)
+    refine = config.self_refine
+    if refine.enabled and refine.resolved_sampler() == "per_pixel":  # the model predicts g⊙ε, g = 1 ± w_n·FAM
+        sampler = FixedMapSampler(saved_fam(folder), TimeConstantScale(refine.noise_weight, refine.direction))
+        return sampler.to_pipeline(unet, scheduler)  # as the run's export: the FAM's pipeline, plain before one
     noise = config.importance_noise
     if not (noise.enabled and noise.mode == "pixel"):
         return DDPMPipeline(unet=unet, scheduler=scheduler)
@@ -79,6 +89,17 @@ def pipeline_from_checkpoint(config: DiffusionExperiment, folder: Path) -> Diffu
         noise.method,
         noise.blur_sigma,
     )
+
+
+def saved_fam(folder: Path) -> torch.Tensor | None:
+    """The FAM in use at a checkpoint of a self-refining diffusion run, (1, 1, H, W); ``None`` before the first."""
+    state = read_state_file(folder / CALLBACK_STATE_FILE).get(SelfRefiningDiffusion.state_key)
+    if state is None:
+        raise CheckpointError(
+            f"cannot sample {folder}: its {CALLBACK_STATE_FILE} holds no self-refining diffusion state, though the "
+            "run's config enables it; sample another checkpoint or the exported pipeline (leave out --checkpoint)"
+        )
+    return state["fam"]
 
 
 def main(argv: list[str] | None = None) -> Path:

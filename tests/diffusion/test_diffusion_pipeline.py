@@ -13,6 +13,7 @@ from xai_train.diffusion import (
     TimeConditionedDiscriminator,
     ddim_sample,
 )
+from xai_train.diffusion.importance_schedule import TimeConstantScale
 from xai_train.diffusion.models import build_noise_scheduler, build_unet, ddim_for
 from xai_train.diffusion.pipeline import ImportanceDiffusionPipeline, export_pipeline, load_pipeline, sample_pipeline
 
@@ -43,6 +44,20 @@ def test_importance_export_round_trip(tmp_path):
     ours = sample_pipeline(pipe, 2, num_inference_steps=3, seed=1)
     expected = sampler(unet, ddim_for(scheduler), 2, 3, torch.Generator().manual_seed(1))
     np.testing.assert_allclose(ours, ((expected / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+
+def test_samplers_without_a_pipeline_are_refused_with_one_line(tmp_path):
+    unet, scheduler = build_unet(8, 1, (16, 32)), build_noise_scheduler(100)
+    with pytest.raises(TypeError, match="has no to_pipeline.*or None for a standard-noise run"):
+        export_pipeline(tmp_path / "pipeline", unet, scheduler, ddim_sample)
+    discriminator = TimeConditionedDiscriminator(1, channels=(8,), time_dim=8, num_train_timesteps=100)
+    sampler = ImportanceSampler(DiscriminatorImportance(discriminator), TimeConstantScale(0.1))
+    with pytest.raises(ValueError, match="NoiseScaleSchedule only .*use FixedMapSampler"):
+        export_pipeline(tmp_path / "pipeline", unet, scheduler, sampler)
+    sampler = ImportanceSampler(lambda images, timesteps: images[:, :1].abs(), NoiseScaleSchedule(100))
+    with pytest.raises(ValueError, match="must be a DiscriminatorImportance"):
+        export_pipeline(tmp_path / "pipeline", unet, scheduler, sampler)
+    assert not (tmp_path / "pipeline").exists()
 
 
 def test_an_export_with_the_former_map_source_name_loads_as_x0(tmp_path):

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -5,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline
 from safetensors.torch import load_file
 
 from callbacks import ImportanceNoiseSchedule, ImportanceWeightedLoss
 from xai_train import Callback
 from xai_train.config.diffusion import DiffusionTrainConfig, DiscriminatorConfig
-from xai_train.diffusion import TimeConditionedDiscriminator
+from xai_train.diffusion import ExportableSampler, ImportanceSampler, TimeConditionedDiscriminator, ddim_sample
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
 from xai_train.diffusion.pipeline import ImportanceDiffusionPipeline, load_pipeline, sample_pipeline
 from xai_train.trainers.diffusion import DiffusionTrainer
@@ -85,6 +86,36 @@ def test_standard_run_exports_a_diffusers_pipeline(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     out = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images.shape == (2, 8, 8, 1) and np.isfinite(out.images).all()
+
+
+class DDIMExport:
+    """An exportable sampler of the user's own, no ``ImportanceSampler``: plain DDIM, exported as a DDIMPipeline."""
+
+    def __call__(self, unet, scheduler, batch_size, num_inference_steps=50, generator=None):
+        return ddim_sample(unet, scheduler, batch_size, num_inference_steps, generator)
+
+    def to_pipeline(self, unet, noise_scheduler):
+        return DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+
+
+def test_the_trainer_exports_any_exportable_sampler_and_says_why_it_skips_others(tmp_path, capsys):
+    sampler = DDIMExport()
+    assert isinstance(sampler, ExportableSampler) and not isinstance(sampler, ImportanceSampler)
+    trainer = make_trainer(None, max_steps=2)  # no run folder: export only where asked
+    trainer.train()
+    trainer.sampler = sampler
+    assert trainer.export(tmp_path / "pipeline") == tmp_path / "pipeline"
+    assert json.loads((tmp_path / "pipeline" / "model_index.json").read_text())["_class_name"] == "DDIMPipeline"
+    exported = DDIMPipeline.from_pretrained(tmp_path / "pipeline").unet.state_dict()
+    unet = trainer.accelerator.unwrap_model(trainer.unet)
+    for name, shadow in zip([n for n, _ in unet.named_parameters()], trainer.ema.shadow_params, strict=True):
+        assert torch.equal(exported[name], shadow)  # the EMA UNet, through the sampler's own pipeline
+    assert any(not torch.equal(exported[n], p) for n, p in unet.named_parameters())
+
+    trainer.sampler = sampler.__call__  # a plain callable: nothing to export it with
+    capsys.readouterr()
+    assert trainer.export(tmp_path / "other") is None and not (tmp_path / "other").exists()
+    assert "not exporting a pipeline" in capsys.readouterr().out
 
 
 def test_export_holds_the_ema_weights(tmp_path):

@@ -8,7 +8,9 @@ import pytest
 import torch
 from diffusers import DDPMPipeline
 
-from xai_train.config import ConfigError
+from xai_train.checkpoint.reading import CheckpointError
+from xai_train.config import ConfigError, load_config
+from xai_train.config.diffusion import DiffusionExperiment
 from xai_train.diffusion.importance_schedule import TimeConstantScale
 from xai_train.diffusion.models import ddim_for
 from xai_train.diffusion.pipeline import FixedMapDiffusionPipeline, load_pipeline, sample_pipeline
@@ -35,11 +37,15 @@ TINY = [
 ]
 
 
-def train_recipe():
-    spec = importlib.util.spec_from_file_location("train_diffusion", REPO / "recipes" / "train_diffusion.py")
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def train_recipe():
+    return load_recipe("train_diffusion")
 
 
 @pytest.mark.slow
@@ -61,9 +67,13 @@ CONSISTENT = ["self_refine.preset=custom", "self_refine.target=consistent"]
 
 
 def test_srd_digits_consistent_trains_exports_the_last_fam_and_reloads(tmp_path):
-    """The consistent target samples with the per-pixel sampler; the export carries the FAM of the last refresh."""
+    """The consistent target samples with the per-pixel sampler; the export carries the FAM of the last refresh,
+    and sample.py samples a checkpoint with that checkpoint's FAM, exactly as the export."""
     config = REPO / "configs" / "diffusion" / "srd_digits.yaml"
-    summary = train_recipe().main(["--config", str(config), *TINY, *CONSISTENT, f"run.output_dir={tmp_path}"])
+    every_step = ["train.checkpoint_every=1", "train.keep_checkpoints=0"]  # step_1 is before the first FAM
+    summary = train_recipe().main(
+        ["--config", str(config), *TINY, *CONSISTENT, *every_step, f"run.output_dir={tmp_path}"]
+    )
     run = Path(summary["run_dir"])
     state = torch.load(run / "checkpoints" / "step_4" / "callbacks.pt", weights_only=True)["self_refining_diffusion"]
     assert state["refreshes"] == 2  # FAMs at steps 2 and 3
@@ -76,6 +86,25 @@ def test_srd_digits_consistent_trains_exports_the_last_fam_and_reloads(tmp_path)
     )
     expected = (in_memory / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(sample_pipeline(pipeline, 2, num_inference_steps=3, seed=0), expected)
+
+    sample = load_recipe("sample")
+
+    def sampled(*args: str) -> np.ndarray:
+        out = sample.main([str(run), "--num-images", "2", "--steps", "3", "--seed", "0", *args])
+        return np.load(out / "samples.npz")["images"]
+
+    exported = sampled("--out", str(tmp_path / "exported"))
+    np.testing.assert_array_equal(exported, expected)
+    np.testing.assert_array_equal(sampled("--checkpoint", "latest", "--out", str(tmp_path / "step_4")), exported)
+    run_config = load_config(DiffusionExperiment, run / "config.yaml")
+    latest = sample.pipeline_from_checkpoint(run_config, run / "checkpoints" / "step_4")
+    assert isinstance(latest, FixedMapDiffusionPipeline) and torch.equal(latest.fixed_map.importance, state["fam"])
+    early = run / "checkpoints" / "step_1"  # before the first FAM: plain DDIM, as a run stopped there exports
+    assert torch.load(early / "callbacks.pt", weights_only=True)["self_refining_diffusion"]["fam"] is None
+    assert type(sample.pipeline_from_checkpoint(run_config, early)) is DDPMPipeline
+    torch.save({}, tmp_path / "callbacks.pt")  # a checkpoint without the callback's state
+    with pytest.raises(CheckpointError, match="holds no self-refining diffusion state.*leave out --checkpoint"):
+        sample.saved_fam(tmp_path)
 
 
 def test_the_recipe_refuses_two_per_pixel_noise_scales(tmp_path):

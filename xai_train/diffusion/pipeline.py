@@ -23,7 +23,7 @@ from xai_train.checkpoint.reading import CheckpointError, first_line
 from xai_train.diffusion.discriminator import TimeConditionedDiscriminator
 from xai_train.diffusion.importance import DiscriminatorImportance, check_map_source
 from xai_train.diffusion.importance_schedule import NoiseScaleSchedule, TimeConstantScale
-from xai_train.diffusion.sampler import FixedMapSampler, ImportanceSampler
+from xai_train.diffusion.sampler import ExportableSampler, FixedMapSampler, ImportanceSampler
 from xai_train.errors import UserError
 
 
@@ -32,7 +32,7 @@ class PerPixelPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def per_pixel_sampler(self, eta: float = 0.0) -> ImportanceSampler:
+    def per_pixel_sampler(self, eta: float = 0.0) -> ExportableSampler:
         """The sampler of the model, built from the pipeline's components and config (each subclass has one)."""
         raise NotImplementedError(f"{type(self).__name__} must define per_pixel_sampler")
 
@@ -172,55 +172,37 @@ def export_pipeline(
     path: str | Path,
     unet: UNet2DModel,
     noise_scheduler: SchedulerMixin,
-    sampler: ImportanceSampler | None = None,
+    sampler: ExportableSampler | None = None,
 ) -> Path:
-    """Saves a loadable pipeline: ``DDPMPipeline`` for the standard process, else the per-pixel pipeline.
+    """Saves a loadable pipeline: ``DDPMPipeline`` for the standard process, else the sampler's own pipeline.
 
     Args:
         path: target folder (e.g. ``runs/<name>/pipeline``).
         unet: the (EMA) UNet to export, unwrapped.
         noise_scheduler: the training ``DDPMScheduler``.
-        sampler: the run's ``ImportanceSampler`` (its importance function must be a
-            ``DiscriminatorImportance``) → ``ImportanceDiffusionPipeline``; a ``FixedMapSampler`` with a
-            ``TimeConstantScale`` → ``FixedMapDiffusionPipeline`` with its current map (``DDPMPipeline`` while it
-            has none: the model never saw scaled noise); ``None`` for a standard-noise run.
+        sampler: ``None`` for a standard-noise run, else an
+            :class:`~xai_train.diffusion.sampler.ExportableSampler`, whose ``to_pipeline`` builds the pipeline:
+            an ``ImportanceSampler`` (its importance function must be a ``DiscriminatorImportance``) →
+            ``ImportanceDiffusionPipeline``; a ``FixedMapSampler`` with a ``TimeConstantScale`` →
+            ``FixedMapDiffusionPipeline`` with its current map (``DDPMPipeline`` while it has none: the model never
+            saw scaled noise).
 
     Returns:
         The folder.
+
+    Raises:
+        TypeError: ``sampler`` has no ``to_pipeline`` (e.g. a plain function).
     """
-    path = Path(path)
-    if isinstance(sampler, FixedMapSampler):
-        fixed = sampler.current_map()
-        if fixed is not None:
-            if not isinstance(sampler.schedule, TimeConstantScale):
-                raise ValueError("export_pipeline: a FixedMapSampler exports with a TimeConstantScale schedule only")
-            s = sampler.schedule
-            pipeline = FixedMapDiffusionPipeline(
-                unet, noise_scheduler, FixedMap.from_tensor(fixed), s.weight, s.direction
-            )
-            return _save_whole(pipeline, path)
-        sampler = None
     if sampler is None:
-        return _save_whole(DDPMPipeline(unet=unet, scheduler=noise_scheduler), path)
-    fn = sampler.importance_fn
-    if not isinstance(fn, DiscriminatorImportance) or fn.options:
-        raise ValueError(
-            "export_pipeline: the sampler's importance_fn must be a DiscriminatorImportance without options"
+        pipeline = DDPMPipeline(unet=unet, scheduler=noise_scheduler)
+    elif isinstance(sampler, ExportableSampler):
+        pipeline = sampler.to_pipeline(unet, noise_scheduler)
+    else:
+        raise TypeError(
+            f"export_pipeline: the sampler {sampler!r} has no to_pipeline(unet, noise_scheduler); give an "
+            "ExportableSampler (ImportanceSampler, FixedMapSampler) or None for a standard-noise run"
         )
-    s = sampler.schedule
-    pipeline = ImportanceDiffusionPipeline(
-        unet,
-        noise_scheduler,
-        fn.discriminator,
-        s.sharpness,
-        s.midpoint,
-        s.lambda_min,
-        s.lambda_max,
-        sampler.map_source,
-        fn.method,
-        fn.blur_sigma,
-    )
-    return _save_whole(pipeline, path)
+    return _save_whole(pipeline, Path(path))
 
 
 def _save_whole(pipeline: DiffusionPipeline, path: Path) -> Path:

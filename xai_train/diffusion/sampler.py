@@ -9,6 +9,9 @@ and ``g_t`` and ``g_r`` both come from that one map, so the step variance check 
 A map known before sampling (self-refining diffusion's FAM with ``TimeConstantScale``: ``g = 1 ± w_n·FAM``) is
 the same sampler's fixed-map mode: x_T ~ N(0, g²) per pixel and the same map at every step
 (:class:`FixedMapSampler`).
+
+Samplers that can write their model as a loadable pipeline follow :class:`ExportableSampler` (both here do);
+the diffusion trainer exports a run whose sampler does, and says why it does not otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from diffusers import DDIMScheduler
@@ -30,8 +34,39 @@ from xai_train.diffusion.importance_schedule import (
 )
 from xai_train.diffusion.noise import split_prediction_at
 
+if TYPE_CHECKING:  # pipeline.py imports this module: the samplers import it when they export
+    from diffusers import DiffusionPipeline
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
 ImportanceFn = Callable[[Tensor, Tensor], Tensor]
 """``(images (B, C, H, W), timesteps (B,)) -> importance (B, 1, H, W)`` in [0, 1]."""
+
+
+@runtime_checkable
+class ExportableSampler(Protocol):
+    """A sampler, called like :func:`ddim_sample`, that can also build the pipeline sampling its model the same way.
+
+    ``to_pipeline(unet, noise_scheduler)`` returns a ``DiffusionPipeline`` (save it with ``save_pretrained``, or
+    with ``xai_train.diffusion.pipeline.export_pipeline``, which calls it). :class:`ImportanceSampler` and
+    :class:`FixedMapSampler` are exportable; a plain function is not (``isinstance`` tells them apart).
+
+    Example:
+        >>> isinstance(FixedMapSampler(None, TimeConstantScale(0.01)), ExportableSampler)
+        True
+        >>> isinstance(ddim_sample, ExportableSampler)
+        False
+    """
+
+    def __call__(
+        self,
+        unet: nn.Module,
+        scheduler: DDIMScheduler,
+        batch_size: int,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> Tensor: ...
+
+    def to_pipeline(self, unet: nn.Module, noise_scheduler: SchedulerMixin) -> DiffusionPipeline: ...
 
 
 def importance_step(
@@ -377,14 +412,46 @@ class ImportanceSampler:
             self.eta,
         ).images
 
+    def to_pipeline(self, unet: nn.Module, noise_scheduler: SchedulerMixin) -> DiffusionPipeline:
+        """An ``ImportanceDiffusionPipeline`` carrying D, the schedule and the map settings.
 
-class FixedMapSampler(ImportanceSampler):
+        Raises:
+            ValueError: ``importance_fn`` is not a ``DiscriminatorImportance`` without options (nothing else can
+                be saved), or the schedule is not a ``NoiseScaleSchedule``.
+        """
+        from xai_train.diffusion.importance import DiscriminatorImportance
+        from xai_train.diffusion.pipeline import ImportanceDiffusionPipeline
+
+        fn, s = self.importance_fn, self.schedule
+        if not isinstance(fn, DiscriminatorImportance) or fn.options:
+            raise ValueError(
+                "export_pipeline: the sampler's importance_fn must be a DiscriminatorImportance without options"
+            )
+        if not isinstance(s, NoiseScaleSchedule):
+            raise ValueError(
+                f"export_pipeline: an ImportanceSampler exports with a NoiseScaleSchedule only (got a "
+                f"{type(s).__name__}); use FixedMapSampler for a TimeConstantScale"
+            )
+        return ImportanceDiffusionPipeline(
+            unet,
+            noise_scheduler,
+            fn.discriminator,
+            s.sharpness,
+            s.midpoint,
+            s.lambda_min,
+            s.lambda_max,
+            self.map_source,
+            fn.method,
+            fn.blur_sigma,
+        )
+
+
+class FixedMapSampler:
     """The per-pixel sampler with a map fixed before sampling, read at call time (e.g. SRD's current FAM).
 
-    An :class:`ImportanceSampler` whose importance is the same map for every image and step (``importance_fn``
-    returns it expanded, ``map_source`` is unused), sampled by :func:`importance_ddim_sample` in its fixed-map
-    mode: x_T with per-pixel std ``g = schedule.scale(map)``, every DDIM step with that ``g``, the step-variance
-    check first. While ``current_map`` gives ``None`` (no map yet) it is plain :func:`ddim_sample`, bit for bit.
+    The same map for every image and step, sampled by :func:`importance_ddim_sample` in its fixed-map mode: x_T
+    with per-pixel std ``g = schedule.scale(map)``, every DDIM step with that ``g``, the step-variance check first.
+    While ``current_map`` gives ``None`` (no map yet) it is plain :func:`ddim_sample`, bit for bit.
 
     Args:
         current_map: the map, (1 or B, 1 or C, H, W) in [0, 1], or a function returning it (or ``None``).
@@ -409,18 +476,13 @@ class FixedMapSampler(ImportanceSampler):
 
     def __init__(
         self,
-        current_map: Tensor | Callable[[], Tensor | None],
+        current_map: Tensor | Callable[[], Tensor | None] | None,
         schedule: ScaleSchedule,
         eta: float = 0.0,
     ):
         self.current_map = current_map if callable(current_map) else (lambda: current_map)
-        super().__init__(self._importance, schedule, "x0", eta)
-
-    def _importance(self, images: Tensor, timesteps: Tensor) -> Tensor:
-        fixed = self.current_map()
-        if fixed is None:
-            return torch.zeros_like(images[:, :1])
-        return fixed.to(images.device).expand(len(images), *fixed.shape[1:])
+        self.schedule = schedule
+        self.eta = eta
 
     def __call__(
         self,
@@ -437,3 +499,22 @@ class FixedMapSampler(ImportanceSampler):
         return importance_ddim_sample(
             unet, scheduler, fixed, self.schedule, batch_size, num_inference_steps, generator, eta=self.eta
         ).images
+
+    def to_pipeline(self, unet: nn.Module, noise_scheduler: SchedulerMixin) -> DiffusionPipeline:
+        """A ``FixedMapDiffusionPipeline`` with the current map, or a ``DDPMPipeline`` while there is none (the
+        model never saw scaled noise).
+
+        Raises:
+            ValueError: the schedule is not a ``TimeConstantScale`` (the pipeline saves ``w`` and the direction).
+        """
+        from diffusers import DDPMPipeline
+
+        from xai_train.diffusion.pipeline import FixedMap, FixedMapDiffusionPipeline
+
+        fixed = self.current_map()
+        if fixed is None:
+            return DDPMPipeline(unet=unet, scheduler=noise_scheduler)
+        s = self.schedule
+        if not isinstance(s, TimeConstantScale):
+            raise ValueError("export_pipeline: a FixedMapSampler exports with a TimeConstantScale schedule only")
+        return FixedMapDiffusionPipeline(unet, noise_scheduler, FixedMap.from_tensor(fixed), s.weight, s.direction)

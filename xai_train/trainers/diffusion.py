@@ -24,7 +24,7 @@ from xai_train.config.diffusion import DiffusionTrainConfig, DiscriminatorConfig
 from xai_train.data import TensorBatches, derive_seed
 from xai_train.diffusion import (
     Adversary,
-    ImportanceSampler,
+    ExportableSampler,
     ReplayBuffer,
     add_noise,
     ddim_sample,
@@ -57,7 +57,9 @@ class DiffusionTrainer(TrainingLoop):
         discriminator_config: D's training settings (used when ``discriminator`` is given).
         callbacks: hooks called on every rank (``ImportanceWeightedLoss``, ``ImportanceNoiseSchedule``, ...).
         sampler: how the model is sampled (grids, D's fakes, export); default plain DDIM. An
-            importance-noise run passes ``ImportanceNoiseSchedule.sampler(D)``.
+            importance-noise run passes ``ImportanceNoiseSchedule.sampler(D)``, an SRD consistent-target run
+            ``SelfRefiningDiffusion.sampler()``. The export needs an ``ExportableSampler`` (one with
+            ``to_pipeline``); with any other sampler the run writes no pipeline and says so.
         run_dir: where logs, samples, checkpoints and the exported pipeline go; ``None`` writes nothing.
         seed: data order, noise and timestep seed (identical on every rank).
         resume: "", "auto" or a checkpoint folder.
@@ -298,12 +300,15 @@ class DiffusionTrainer(TrainingLoop):
                     save_png(make_grid(to_unit_range(panel), nrow=len(panel) // 4), self.run_dir / "maps.png")
 
     def export(self, path: str | Path | None = None) -> Path | None:
-        """Writes the EMA UNet as a loadable pipeline (``DDPMPipeline`` unless the sampler is importance-based)."""
+        """Writes the EMA UNet as a loadable pipeline: ``DDPMPipeline`` with the default sampler, else the
+        sampler's own (``ExportableSampler.to_pipeline``); nothing, with a printed line, for any other sampler."""
         path = Path(path) if path is not None else (self.run_dir / "pipeline" if self.run_dir else None)
         if path is None:
             return None
-        if self.sampler is not None and not isinstance(self.sampler, ImportanceSampler):
-            self.accelerator.print(f"not exporting a pipeline: no pipeline class for the sampler {self.sampler!r}")
+        if self.sampler is not None and not isinstance(self.sampler, ExportableSampler):
+            self.accelerator.print(
+                f"not exporting a pipeline: the sampler {self.sampler!r} has no to_pipeline (see ExportableSampler)"
+            )
             return None
         if self.accelerator.is_main_process:
             with ema_weights(self.accelerator.unwrap_model(self.unet), self.ema) as unet:

@@ -5,7 +5,7 @@ its Grad-CAMs, the flaw activation map (FAM), amplifies the training noise where
 (:mod:`~xai_train.diffusion.self_refine.fam`) and modulates the UNet's attention keys and values in training
 (:mod:`~xai_train.diffusion.self_refine.attention`). ``callbacks.SelfRefiningDiffusion`` decides when. A model
 trained with the consistent target samples with the per-pixel sampler and the last FAM (``resolve_sampler``;
-``xai_train.diffusion.sampler.FixedMapSampler``, ``xai_train.diffusion.pipeline.FixedMapDiffusionPipeline``).
+``xai_train.diffusion.FixedMapSampler``, ``TimeConstantScale`` and ``FixedMapDiffusionPipeline``).
 """
 
 from xai_train.diffusion.self_refine.attention import (
