@@ -112,9 +112,15 @@ def test_power_section_matches_the_stats_functions(ablation):
     assert pooled_std([FINAL["vanilla"], FINAL["xai"]]).std == pytest.approx(pooled)
     effect = minimum_detectable_effect(pooled, 3)
     assert t_test_power(effect, pooled, 3) == pytest.approx(0.8, abs=1e-6)
-    row = next(line for line in text.splitlines() if line.startswith("| final FD"))
-    assert f"{effect:.4g} ({effect / 12 * 100:.4g}%)" in row  # vanilla mean 12
+    row = next(line for line in text.splitlines() if line.startswith("| final FD, unpaired"))
+    assert f"{effect:.4g} ({effect / 12 * 100:.4g}%) at 3" in row  # vanilla mean 12
     assert f"| {seeds_needed(1.2, pooled)} |" in row  # a 10% change of 12
+    differences = [8.0 - 10.0, 9.0 - 12.0, 10.0 - 14.0]  # xai - vanilla per seed: std 1
+    paired = minimum_detectable_effect(1.0, 3, paired=True)
+    assert pooled_std([differences]).std == pytest.approx(1.0)
+    row = next(line for line in text.splitlines() if line.startswith("| final FD, paired by seed"))
+    assert f"{paired:.4g} ({paired / 12 * 100:.4g}%) at 3" in row
+    assert f"| {seeds_needed(1.2, 1.0, paired=True)} |" in row
     assert "## Statistical power" in text and "environment: not recorded" in text
 
 

@@ -86,3 +86,12 @@ def test_power_figures_match_the_textbook_and_a_simulation():
     assert rejected.mean() == pytest.approx(0.8, abs=0.01)  # binomial std at 40k trials: 0.002
     assert math.isnan(minimum_detectable_effect(0.0, 5)) and math.isnan(minimum_detectable_effect(1.0, 1))
     assert math.isnan(seeds_needed(1.0, 0.0)) and seeds_needed(1e-3, 1.0, limit=1000) == math.inf
+
+
+def test_paired_power_matches_a_simulation():
+    effect = minimum_detectable_effect(2.0, 5, paired=True)
+    assert t_test_power(effect, 2.0, 5, paired=True) == pytest.approx(0.8, abs=1e-6)
+    differences = np.random.default_rng(1).normal(effect, 2.0, (40_000, 5))
+    rejected = scipy_stats.ttest_1samp(differences, 0.0, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.8, abs=0.01)
+    assert seeds_needed(0.5, 1.0, paired=True) == 34  # one-sample t, d = 0.5

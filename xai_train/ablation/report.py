@@ -195,8 +195,9 @@ def markdown_report(
 def power_section(
     results: Sequence[ArmResult], rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], baseline: str
 ) -> list[str]:
-    """Markdown lines: per final metric, the pooled seed-to-seed std, the minimum detectable effect at these
-    seeds (two-sided 95%, 80% power) and the seeds per arm a 10% change would need."""
+    """Markdown lines: per final metric, the seed-to-seed spread, the minimum detectable effect at these seeds
+    (two-sided 95%, 80% power) and the seeds per arm a 10% change would need; unpaired (the Δ column's Welch
+    test) and paired by seed (the arms share each seed's initialisation, data order and latents)."""
     finished = [row for row in rows if row.get("finished")]
     arms = [result.arm for result in results]
     base = next((result for result in results if result.arm == baseline), None)
@@ -206,32 +207,50 @@ def power_section(
     table = []
     for name in metrics:
         column = f"final_{name}"
-        spread = pooled_std([[float(r.get(column, math.nan)) for r in finished if r["arm"] == arm] for arm in arms])
+        value = {(row["arm"], row["seed"]): float(row.get(column, math.nan)) for row in finished}
         scale = base.summaries[column].mean
-        effect = minimum_detectable_effect(spread.std, seeds)
-        needed = seeds_needed(DETECT * scale, spread.std)
-        table.append(
+        spread = pooled_std([[v for (arm, _), v in value.items() if arm == name_] for name_ in arms])
+        differences = [
             [
-                f"final {LABELS.get(name, name)}",
-                _number(scale),
-                f"{_number(spread.std)} ({_number(spread.std / scale * 100)}%)",
-                f"{_number(effect)} ({_number(effect / scale * 100)}%)",
-                "n/a" if math.isnan(needed) else (">100000" if math.isinf(needed) else str(int(needed))),
+                value[arm, seed] - value[baseline, seed]
+                for (other, seed) in value
+                if other == arm and (baseline, seed) in value
             ]
-        )
+            for arm in arms
+            if arm != baseline
+        ]
+        paired = pooled_std(differences)
+        pairs = min((len(group) for group in differences), default=0)
+        label = LABELS.get(name, name)
+        for kind, std, n, is_paired in (
+            ("unpaired", spread.std, seeds, False),
+            ("paired by seed", paired.std, pairs, True),
+        ):
+            effect = minimum_detectable_effect(std, n, paired=is_paired)
+            needed = seeds_needed(DETECT * scale, std, paired=is_paired)
+            table.append(
+                [
+                    f"final {label}, {kind}",
+                    _number(scale),
+                    f"{_number(std)} ({_number(std / scale * 100)}%)",
+                    f"{_number(effect)} ({_number(effect / scale * 100)}%) at {n}",
+                    "n/a" if math.isnan(needed) else (">100000" if math.isinf(needed) else str(int(needed))),
+                ]
+            )
     header = [
         "quantity",
         f"`{baseline}` mean",
-        "seed-to-seed std (pooled over arms)",
-        f"minimum detectable effect at {seeds} seeds",
+        "std (unpaired: of seeds, pooled over arms; paired: of per-seed differences vs the baseline)",
+        "minimum detectable effect at n seeds",
         f"seeds per arm for a {DETECT:.0%} change",
     ]
     return [
         "## Statistical power",
         "",
-        f"Two-sided two-sample t-test at 95%, 80% power, equal seeds per arm, exact (noncentral t), with the "
-        f"seed-to-seed std pooled over the {len(arms)} arms (`xai_train/ablation/stats.py`). A true change smaller "
-        "than the minimum detectable effect is missed more often than not at this seed count: a Δ interval "
+        "Two-sided t-tests at 95% with 80% power, equal seeds per arm, exact (noncentral t; "
+        "`xai_train/ablation/stats.py`). *Unpaired* is the Welch comparison of the Δ column; *paired by seed* "
+        "compares each arm with the baseline seed by seed (same initialisation, data order and latents). A true "
+        "change smaller than the minimum detectable effect is missed more often than not: a Δ interval "
         "containing 0 says *no effect large enough to detect*, not *no effect*.",
         "",
         markdown_table(header, table),

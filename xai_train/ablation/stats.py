@@ -136,31 +136,43 @@ def pooled_std(groups: Sequence[Sequence[float]]) -> Summary:
     return Summary(mean, float(math.sqrt(variance)), int(df))
 
 
-def t_test_power(effect: float, std: float, n: int, alpha: float = 0.05) -> float:
-    """Power of a two-sided two-sample t-test (``n`` values per arm, common ``std``) to detect ``effect``.
+def t_test_power(effect: float, std: float, n: int, alpha: float = 0.05, paired: bool = False) -> float:
+    """Power of a two-sided t-test to detect ``effect`` with ``n`` seeds per arm.
+
+    Unpaired (default): two-sample test, common seed-to-seed ``std``. Paired: one-sample test on the ``n``
+    per-seed differences, ``std`` being the std of those differences (arms that share each seed's init, data
+    order and latents differ less from each other than from another seed, and a paired test sees that).
 
     Example:
         >>> round(t_test_power(1.0, 1.0, 17), 3)  # the textbook case: d = 1 needs 17 per group for 80%
         0.807
+        >>> round(t_test_power(1.0, 1.0, 10, paired=True), 3)
+        0.803
     """
     if n < 2 or not std > 0:
         return math.nan
-    df = 2 * n - 2
-    noncentrality = abs(effect) / (std * math.sqrt(2 / n))
+    df = n - 1 if paired else 2 * n - 2
+    noncentrality = abs(effect) / (std * math.sqrt(1 / n if paired else 2 / n))
     critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
     if noncentrality > 30:  # power is 1 to double precision; scipy's nct returns NaN further out
         return 1.0
-    return float(scipy_stats.nct.sf(critical, df, noncentrality) + scipy_stats.nct.cdf(-critical, df, noncentrality))
+    upper = float(scipy_stats.nct.sf(critical, df, noncentrality))
+    lower = float(scipy_stats.nct.cdf(-critical, df, noncentrality))  # the wrong-sign rejections: tiny here,
+    return upper + (lower if math.isfinite(lower) else 0.0)  # and scipy returns NaN for some far-tail values
 
 
-def minimum_detectable_effect(std: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+def minimum_detectable_effect(
+    std: float, n: int, alpha: float = 0.05, power: float = 0.8, paired: bool = False
+) -> float:
     """The smallest difference of means a two-sided t-test at level ``alpha`` finds with probability ``power``.
 
     Args:
-        std: seed-to-seed standard deviation (e.g. :func:`pooled_std`).
+        std: seed-to-seed standard deviation (e.g. :func:`pooled_std`), or of the per-seed differences when
+            ``paired``.
         n: seeds per arm.
         alpha: test level (0.05: two-sided 95%).
         power: wanted power.
+        paired: see :func:`t_test_power`.
 
     Returns:
         The effect in the units of ``std`` (NaN for n < 2 or a zero/NaN std).
@@ -171,29 +183,33 @@ def minimum_detectable_effect(std: float, n: int, alpha: float = 0.05, power: fl
     """
     if n < 2 or not std > 0:
         return math.nan
-    return float(optimize.brentq(lambda effect: t_test_power(effect, std, n, alpha) - power, 1e-9 * std, 100 * std))
+    return float(
+        optimize.brentq(lambda effect: t_test_power(effect, std, n, alpha, paired) - power, 1e-9 * std, 100 * std)
+    )
 
 
-def seeds_needed(effect: float, std: float, alpha: float = 0.05, power: float = 0.8, limit: int = 100_000) -> float:
+def seeds_needed(
+    effect: float, std: float, alpha: float = 0.05, power: float = 0.8, limit: int = 100_000, paired: bool = False
+) -> float:
     """Seeds per arm for a two-sided t-test at level ``alpha`` to find ``effect`` with probability ``power``.
 
     Returns:
         The smallest such count (>= 2); NaN when ``std`` is zero/NaN; inf beyond ``limit``.
 
     Example:
-        >>> seeds_needed(1.0, 1.0), seeds_needed(0.5, 1.0)
-        (17, 64)
+        >>> seeds_needed(1.0, 1.0), seeds_needed(0.5, 1.0), seeds_needed(0.5, 1.0, paired=True)
+        (17, 64, 34)
     """
     if not std > 0 or not abs(effect) > 0:
         return math.nan
     low, high = 2, 2
-    while t_test_power(effect, std, high, alpha) < power:
+    while t_test_power(effect, std, high, alpha, paired) < power:
         low, high = high, high * 2
         if high > limit:
             return math.inf
     while low < high:  # the smallest n in [low, high] with enough power (power grows with n)
         middle = (low + high) // 2
-        if t_test_power(effect, std, middle, alpha) >= power:
+        if t_test_power(effect, std, middle, alpha, paired) >= power:
             high = middle
         else:
             low = middle + 1
