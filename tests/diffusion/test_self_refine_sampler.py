@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch import nn
 
 from callbacks import SelfRefiningDiffusion
@@ -126,6 +126,11 @@ def test_the_exported_pipeline_carries_the_fam_and_samples_as_in_memory(tmp_path
     np.testing.assert_array_equal(loaded, to_numpy_images(in_memory))
     plain = sample_pipeline(DDPMPipeline(unet=unet, scheduler=scheduler), 3, num_inference_steps=4, seed=9, eta=0.5)
     assert np.abs(loaded - plain).max() > 1e-3  # the map matters
+    # plain diffusers: the UNet alone loads as a standard UNet2DModel, the whole pipeline through our class
+    alone = UNet2DModel.from_pretrained(tmp_path / "pipeline", subfolder="unet").state_dict()
+    assert all(torch.equal(alone[name], value) for name, value in unet.state_dict().items())
+    by_class = FixedMapDiffusionPipeline.from_pretrained(tmp_path / "pipeline", use_safetensors=True)
+    assert torch.equal(by_class.fixed_map.importance, fam)
 
 
 def test_a_run_that_never_made_a_fam_exports_a_plain_ddpm_pipeline(tmp_path):
