@@ -165,6 +165,7 @@ CLI_CASES = [
     ("sample", ["{tmp}", "--out", "{tmp}/binary.yaml"], ["--out=", "is a file; give a folder"]),
     ("ablate", ["{tmp}/binary.yaml"], ["binary.yaml", "not UTF-8"]),
     ("ablate", ["{tmp}/missing.yaml"], ["missing.yaml", "does not exist"]),
+    ("train_gan", ["run.name=../../outside"], ["run.name='../../outside'", "one folder name", "run.output_dir"]),
     ("ablate", ["configs/ablation/xaigan_alpha.yaml", "--threads", "0"], ["--threads", "whole number >= 1"]),
     ("evaluate", ["{tmp}/no_such_run"], ["no_such_run", "has no config.yaml"]),
     ("evaluate", ["{tmp}/diffusion_run"], ["is a diffusion run", "evaluates GAN runs"]),

@@ -50,6 +50,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "must not be empty (the run folder is <output_dir>/<name>)", bool, "name")
+        check_fields(
+            self,
+            "must be one folder name, without '/', '\\' or '..' (put the parent folders in run.output_dir)",
+            lambda v: "/" not in v and "\\" not in v and v not in (".", ".."),
+            "name",
+        )
         check_fields(self, "must be >= 0", lambda v: v >= 0, "seed")
 
 
