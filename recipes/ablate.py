@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = []
     if not args.report_only:
-        outcomes = run_cells(
-            spec, cells, ablation_dir, launcher=args.launcher, dry_run=args.dry_run, jobs=args.jobs
-        )
+        outcomes = run_cells(spec, cells, ablation_dir, launcher=args.launcher, dry_run=args.dry_run, jobs=args.jobs)
         if args.dry_run:
             return 0
         failed = [outcome for outcome in outcomes if outcome.status == "failed"]
