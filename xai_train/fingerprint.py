@@ -44,6 +44,7 @@ NUMERIC_FIELDS = (
     "cuda",
     "cudnn",
     "cpu",
+    "cpu_capability",
     "torch_threads",
     "deterministic_algorithms",
     "cudnn_deterministic",
@@ -71,6 +72,20 @@ def cpu_model() -> str:
             if line.lower().startswith(("model name", "hardware", "cpu model")):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_capability() -> str:
+    """The SIMD level torch's CPU kernels dispatch to (``AVX512``, ``AVX2``, ``DEFAULT``, ...): two CPUs with the
+    same model string may still round differently when this differs.
+
+    Example:
+        >>> cpu_capability() != ""
+        True
+    """
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # older torch
+        return "unknown"
 
 
 def _version(name: str) -> str | None:
@@ -131,6 +146,7 @@ def environment_fingerprint(
             "cuda": torch.version.cuda if cuda else None,
             "cudnn": torch.backends.cudnn.version() if cuda else None,
             "cpu": cpu_model(),
+            "cpu_capability": cpu_capability(),
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -155,7 +171,8 @@ def numeric_differences(fingerprints: Mapping[str, Mapping[str, Any] | None]) ->
     Args:
         fingerprints: label (e.g. a cell ``arm/seed_0``) -> its fingerprint; ``None`` (no fingerprint: a run
             made before fingerprints existed) differs from any present one, in the field ``fingerprint`` (when
-            none has one, nothing can be compared and nothing is reported).
+            none has one, nothing can be compared and nothing is reported). A field that only some
+            fingerprints hold (recorded by a newer version) is not compared.
 
     Returns:
         field -> {label: value} for each field with more than one value (empty when all agree).
@@ -163,8 +180,8 @@ def numeric_differences(fingerprints: Mapping[str, Mapping[str, Any] | None]) ->
     Example:
         >>> numeric_differences({"a": {"cpu": "x", "seed": 0}, "b": {"cpu": "y", "seed": 1}, "c": None})
         {'fingerprint': {'a': 'present', 'b': 'present', 'c': 'missing'}, 'cpu': {'a': 'x', 'b': 'y'}}
-        >>> numeric_differences({"a": None, "b": None})
-        {}
+        >>> numeric_differences({"a": None, "b": None}), numeric_differences({"a": {"cpu": "x"}, "b": {}})
+        ({}, {})
     """
     differences: dict[str, dict[str, Any]] = {}
     present = {label: fp for label, fp in fingerprints.items() if fp is not None}
@@ -173,7 +190,9 @@ def numeric_differences(fingerprints: Mapping[str, Mapping[str, Any] | None]) ->
             label: "present" if fp is not None else "missing" for label, fp in fingerprints.items()
         }
     for field in NUMERIC_FIELDS:
-        values = {label: fp.get(field) for label, fp in present.items()}
+        if not all(field in fp for fp in present.values()):
+            continue  # a field only newer versions record: nothing to compare it with
+        values = {label: fp[field] for label, fp in present.items()}
         if len({repr(value) for value in values.values()}) > 1:
             differences[field] = values
     return differences

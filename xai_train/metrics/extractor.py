@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from xai_train.errors import UserError
-from xai_train.fingerprint import cpu_model
+from xai_train.fingerprint import cpu_capability, cpu_model
 from xai_train.metrics.classifier import ClassifierRecipe, FeatureClassifier, train_classifier
 
 SHIPPED_DIR = Path(__file__).parent / "extractors"
@@ -213,6 +213,7 @@ def trained_extractor(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "torch": torch.__version__,
         "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
     }
     return classifier, metadata
 
