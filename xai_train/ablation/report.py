@@ -35,7 +35,17 @@ from xai_train.fingerprint import describe_differences, numeric_differences
 DETECT = 0.10
 """The relative change whose seed requirement every report states (a 10% FD change)."""
 
-ENVIRONMENT_FIELDS = ("torch", "diffusers", "device", "gpu", "cpu", "torch_threads", "processes", "mixed_precision")
+ENVIRONMENT_FIELDS = (
+    "torch",
+    "diffusers",
+    "device",
+    "gpu",
+    "cpu",
+    "cpu_capability",
+    "torch_threads",
+    "processes",
+    "mixed_precision",
+)
 """Fingerprint fields the report's environment line shows (all numeric fields are compared)."""
 
 LABELS = {"fd": "FD", "kid": "KID", "precision": "precision", "recall": "recall"}
