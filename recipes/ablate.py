@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -106,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         failed = [outcome for outcome in outcomes if outcome.status == "failed"]
         ablation_dir.mkdir(parents=True, exist_ok=True)
-        command = shlex.join([os.path.relpath(sys.executable), *sys.argv]) if argv is None else shlex.join(argv)
+        # run_main passes sys.argv[1:] as argv: name the recipe too, so the line can be pasted back
+        command = shlex.join(["python", "recipes/ablate.py", *(sys.argv[1:] if argv is None else argv)])
         atomic_write(ablation_dir / "ablate_command.txt", command + "\n")
 
     paths = write_report(spec, ablation_dir, allow_mixed=args.allow_mixed)
