@@ -33,6 +33,7 @@ from xai_train.cli import count, run_main
 from xai_train.data import build_dataset, load_image_folder
 from xai_train.errors import UserError
 from xai_train.explain import METHODS
+from xai_train.fingerprint import environment_fingerprint
 from xai_train.generator.bake import bake_target, bake_unit_scale, export_generator
 from xai_train.generator.correct import (
     k_sweep,
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         "strength": args.strength, "extractor": extractor.name, "flagged": int(last.flagged.sum()),
         "units": {r.layer: r.order[: args.k] for r in rankings}, "baked_minus_hooked": difference,
         "num_samples": args.num_samples,
+        "fingerprint": environment_fingerprint(seed=args.seed, extractor=extractor.name),
     }  # fmt: skip
     atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     report = [

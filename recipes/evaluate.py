@@ -1,4 +1,4 @@
-"""Compute FD/KID of a trained GAN run's checkpoint, exactly as its training-time evaluation does.
+"""Compute FD/KID of a trained GAN run's checkpoint, the way its training-time evaluation does.
 
     python recipes/evaluate.py runs/demo                              # the latest checkpoint, the run's eval settings
     python recipes/evaluate.py runs/demo --checkpoint best --num-samples 5000
@@ -6,9 +6,11 @@
 
 The generator (EMA weights when the run kept them) draws the same seeded latents as ``callbacks.EvalMetrics``
 during training, and the metrics use the run's dataset as the real set and its feature extractor (shipped with
-the package for digits and shapes). On the CPU, sampling and metrics run on one thread, so the numbers are the
-same bits whatever --threads says (docs/reproducibility.md). Prints one JSON line: the metrics, the extractor
-name and SHA-256, the checkpoint, and the environment fingerprint; --output also writes it to a file.
+the package for digits and shapes). It runs on the CPU, where sampling and metrics use one thread: the numbers are
+the same bits whatever --threads says, and equal the run's own metrics.jsonl line for that step when the run was
+trained on a CPU (a GPU-trained run's evaluation ran GPU kernels: close, not equal). A warning says when the
+run's metrics.jsonl used another extractor. Prints one JSON line: the metrics, the extractor name and SHA-256,
+the checkpoint, and the environment fingerprint; --output also writes it to a file. See docs/reproducibility.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads Op
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -61,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(cpu=True)  # one process; the metrics' numbers are the CPU's
     state = TrainState(accelerator, max_steps=0, models={"generator": run.generator.eval()})
     metrics = evaluation.evaluate(state)
+    logged = Path(args.run) / "metrics.jsonl"
+    if logged.is_file():
+        lines = [line for line in logged.read_text().splitlines() if line.strip()]
+        earlier = json.loads(lines[-1]).get("extractor") if lines else None
+        if earlier is not None and earlier != metrics["extractor"]:
+            print(
+                f"warning: {logged} was measured on the extractor {earlier}, this on {metrics['extractor']}: "
+                "the numbers are not comparable",
+                file=sys.stderr,
+            )
     record = {
         "run": str(args.run),
         "checkpoint": str(run.folder),
@@ -68,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_time_s": round(metrics["eval_time_s"], 3),
         "fingerprint": environment_fingerprint(accelerator, seed=settings["seed"], extractor=evaluation.extractor.name),
         "threads": dataclasses.asdict(threads),
+        "metric_threads": 1,  # sampling and metrics run single-threaded on the CPU (xai_train.threads)
     }
     line = json.dumps(record)
     print(line)

@@ -11,6 +11,7 @@ another CPU may round differently, and then ``--check`` says so, and every machi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -36,12 +37,10 @@ def main() -> int:
         weights, meta_path = shipped_paths(dataset, image_size, channels)
         line = f"{metadata['name']}: held-out accuracy {metadata['accuracy']:.4f}, {metadata['train_time_s']:.1f} s"
         if args.check:
-            import json
-
-            shipped = json.loads(meta_path.read_text())["name"] if meta_path.is_file() else None
-            same = shipped == metadata["name"]
+            shipped = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            same = shipped.get("sha256") == metadata["sha256"]
             mismatches += not same
-            print(f"{line}; shipped {shipped}: {'same weights' if same else 'DIFFERENT weights'}")
+            print(f"{line}; shipped {shipped.get('name')}: {'same weights' if same else 'DIFFERENT weights'}")
         else:
             save_extractor(classifier, metadata, weights, meta_path)
             print(f"{line} -> {weights}")

@@ -171,8 +171,8 @@ def numeric_differences(fingerprints: Mapping[str, Mapping[str, Any] | None]) ->
     Args:
         fingerprints: label (e.g. a cell ``arm/seed_0``) -> its fingerprint; ``None`` (no fingerprint: a run
             made before fingerprints existed) differs from any present one, in the field ``fingerprint`` (when
-            none has one, nothing can be compared and nothing is reported). A field that only some
-            fingerprints hold (recorded by a newer version) is not compared.
+            none has one, nothing can be compared and nothing is reported). A field is compared across the
+            fingerprints that hold it (older versions did not record every field).
 
     Returns:
         field -> {label: value} for each field with more than one value (empty when all agree).
@@ -182,6 +182,8 @@ def numeric_differences(fingerprints: Mapping[str, Mapping[str, Any] | None]) ->
         {'fingerprint': {'a': 'present', 'b': 'present', 'c': 'missing'}, 'cpu': {'a': 'x', 'b': 'y'}}
         >>> numeric_differences({"a": None, "b": None}), numeric_differences({"a": {"cpu": "x"}, "b": {}})
         ({}, {})
+        >>> numeric_differences({"a": {"cpu": "x"}, "b": {}, "c": {"cpu": "y"}})
+        {'cpu': {'a': 'x', 'c': 'y'}}
     """
     differences: dict[str, dict[str, Any]] = {}
     present = {label: fp for label, fp in fingerprints.items() if fp is not None}
@@ -190,9 +192,7 @@ def numeric_differences(fingerprints: Mapping[str, Mapping[str, Any] | None]) ->
             label: "present" if fp is not None else "missing" for label, fp in fingerprints.items()
         }
     for field in NUMERIC_FIELDS:
-        if not all(field in fp for fp in present.values()):
-            continue  # a field only newer versions record: nothing to compare it with
-        values = {label: fp[field] for label, fp in present.items()}
+        values = {label: fp[field] for label, fp in present.items() if field in fp}  # older versions lack some
         if len({repr(value) for value in values.values()}) > 1:
             differences[field] = values
     return differences

@@ -2,7 +2,8 @@
 
 Overrides it understands: ``train.max_steps`` (default 4), ``fake.fd`` (the FD it reports, default 10),
 ``fake.fail=true`` (prints an error and exits 1), ``fake.crash=true`` (leaves a checkpoint, no summary, exit 1),
-``fake.cpu`` (the CPU its fingerprint names). Its fingerprint's ``torch_threads`` is the ``XAI_TRAIN_THREADS``
+``fake.cpu`` (the CPU its fingerprint names), ``fake.sleep`` (seconds to wait; ``wall`` in the summary holds the
+start and end times). Its fingerprint's ``torch_threads`` is the ``XAI_TRAIN_THREADS``
 it was given (what a real recipe would run with).
 Every call is appended to ``<run.output_dir>/<run.name>/calls.txt``.
 """
@@ -10,6 +11,7 @@ Every call is appended to ``<run.output_dir>/<run.name>/calls.txt``.
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -29,6 +31,8 @@ def main(argv):
     (run_dir / "checkpoints" / "step_2").mkdir(parents=True, exist_ok=True)
     if yaml.safe_load(values.get("fake.crash", "false")):
         return 1
+    started = time.time()
+    time.sleep(float(values.get("fake.sleep", 0)))
     steps = int(values.get("train.max_steps", 4))
     fd = float(values.get("fake.fd", 10)) + int(values["run.seed"])
     with open(run_dir / "metrics.jsonl", "a") as metrics:
@@ -47,6 +51,7 @@ def main(argv):
         "train_seconds": 1.0,
         "median_step_time": 0.25,
         "fingerprint": fingerprint,
+        "wall": [started, time.time()],
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return 0

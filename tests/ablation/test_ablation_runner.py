@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import pytest
+
 from xai_train.ablation.runner import (
     FINISHED,
     NEW,
@@ -19,6 +21,7 @@ from xai_train.ablation.runner import (
     run_cells,
 )
 from xai_train.ablation.spec import AblationSpec, Arm, Cell, expand_cells
+from xai_train.errors import UserError
 
 FAKE_RECIPE = str(Path(__file__).with_name("fake_recipe.py"))
 
@@ -131,6 +134,7 @@ def test_dry_run_runs_nothing(tmp_path):
 
 def test_cells_run_side_by_side_with_the_thread_count_pinned(tmp_path):
     spec = dataclasses.replace(fake_spec(tmp_path), threads=3)
+    spec = dataclasses.replace(spec, overrides={**spec.overrides, "fake.sleep": 1.0})
     cells = expand_cells(spec)
     lines: list[str] = []
     outcomes = run_cells(spec, cells, tmp_path / "ablation", jobs=2, env={"PATH": "/usr/bin"}, print_fn=lines.append)
@@ -141,6 +145,10 @@ def test_cells_run_side_by_side_with_the_thread_count_pinned(tmp_path):
         fingerprint = json.loads((directory / "summary.json").read_text())["fingerprint"]
         assert fingerprint["torch_threads"] == fingerprint["omp_num_threads"] == "3"
         assert (directory / "command.txt").read_text().startswith("XAI_TRAIN_THREADS=3 OMP_NUM_THREADS=3 ")
+    walls = [json.loads((cell_dir(tmp_path / "ablation", c) / "summary.json").read_text())["wall"] for c in cells]
+    assert walls[1][0] < walls[0][1] and walls[3][0] < walls[2][1]  # two at a time: pairs overlap
+    with pytest.raises(UserError, match="--jobs 2 with --launcher 'torchrun --nproc_per_node 2'"):
+        run_cells(spec, cells, tmp_path / "other", jobs=2, launcher="torchrun --nproc_per_node 2")
 
 
 def test_threads_auto_leaves_the_environment_alone(tmp_path):

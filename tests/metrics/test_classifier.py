@@ -19,6 +19,7 @@ from xai_train.metrics import (
 )
 from xai_train.metrics.extractor import ExtractorError, shipped_paths, weights_sha256
 
+SHIPPED = {"digits": "digits-32-cnn-9719e4c7", "shapes": "shapes-32-cnn-7c42dbaf"}
 FAST = ClassifierRecipe(width=16, epochs=4)  # ~1-2 s on one core at 16x16, > 0.9 held-out accuracy
 
 
@@ -146,6 +147,7 @@ def test_shipped_extractors_hash_to_their_names_and_are_used_without_training(da
     monkeypatch.setattr(extractor_module, "train_classifier", fail_training)
     monkeypatch.setenv("XAI_TRAIN_CACHE", str(tmp_path))  # an empty cache: the package's files must serve
     extractor = domain_feature_extractor(dataset)
+    assert extractor.name == SHIPPED[dataset]  # the names docs/results quote: re-shipping must be deliberate
     sha256 = weights_sha256(extractor.classifier.state_dict())
     assert extractor.name == f"{dataset}-32-cnn-{sha256[:8]}" == extractor.metadata["name"]
     assert extractor.metadata["recipe"] == dataclasses.asdict(ClassifierRecipe())
@@ -161,3 +163,16 @@ def test_retraining_the_shipped_digits_extractor_gives_its_bits():
     data = load_digits_dataset(image_size=32)
     model, _ = train_classifier(data.images, data.labels, ClassifierRecipe())
     assert weights_sha256(model.state_dict()) == metadata["sha256"]
+
+
+def test_a_damaged_shipped_extractor_is_refused_without_falling_back_to_training(monkeypatch, tmp_path):
+    weights, metadata = shipped_paths("digits", 32, 1)
+    (tmp_path / weights.name).write_bytes(weights.read_bytes()[:1000])
+    (tmp_path / metadata.name).write_text(metadata.read_text())
+    monkeypatch.setattr(extractor_module, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(extractor_module, "train_classifier", fail_training)
+    with pytest.raises(ExtractorError, match="cannot be read.*reinstall xai-train"):
+        domain_feature_extractor("digits")
+    (tmp_path / metadata.name).write_text("[]")
+    with pytest.raises(ExtractorError, match="cannot be read.*TypeError"):  # not a traceback
+        domain_feature_extractor("digits")

@@ -64,3 +64,21 @@ def test_fd_agrees_with_torchmetrics_using_our_extractor(extractor):
     reference.update(fake, real=False)
     ours = evaluate_images(real, fake, extractor, metrics=("fd",))["fd"]
     assert ours == pytest.approx(float(reference.compute()), rel=1e-4)
+
+
+def test_metrics_are_the_same_bits_at_one_and_two_threads():
+    from xai_train.metrics import domain_feature_extractor
+
+    extractor = domain_feature_extractor("digits")
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(300, 1, 32, 32, generator=generator) * 2 - 1
+    fake = torch.rand(200, 1, 32, 32, generator=generator)
+    before, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(evaluate_images(real, fake * 2 - 1, extractor, kid_subsets=5, kid_subset_size=100))
+            assert torch.get_num_threads() == threads  # restored after the single-threaded block
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1]  # exact, every field

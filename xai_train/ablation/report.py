@@ -274,7 +274,13 @@ def check_environments(cells: Sequence[Any], allow_mixed: bool, name: str) -> li
     Raises:
         UserError: the cells differ in a field that changes numbers (unless ``allow_mixed``).
     """
-    fingerprints = {f"{cell.arm}/seed_{cell.seed}": cell.summary.get("fingerprint") for cell in cells if cell.finished}
+    fingerprints: dict[str, Any] = {}
+    for cell in cells:
+        if cell.finished:
+            label = f"{cell.arm}/seed_{cell.seed}"
+            fingerprints[label] = cell.summary.get("fingerprint")
+            for index, earlier in enumerate(cell.summary.get("earlier_fingerprints") or [], start=1):
+                fingerprints[f"{label} (before resume {index})"] = earlier  # a resume elsewhere must show
     if not fingerprints:
         return []
     differences = numeric_differences(fingerprints)

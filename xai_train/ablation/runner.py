@@ -28,6 +28,7 @@ from pathlib import Path
 
 from xai_train.ablation.spec import AblationSpec, Cell, format_value
 from xai_train.atomic import atomic_write
+from xai_train.errors import UserError
 from xai_train.threads import THREADS_ENV
 
 FINISHED, PARTIAL, NEW = "finished", "partial", "new"
@@ -188,6 +189,11 @@ def run_cells(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if jobs > 1 and launcher:
+        raise UserError(
+            f"--jobs {jobs} with --launcher {launcher!r}: side-by-side multi-process cells would share one "
+            "rendezvous port and device set; run them one at a time (--jobs 1) or without a launcher"
+        )
     environment = cell_environment(spec.threads, env)
     pinned = "" if spec.threads is None else f"{THREADS_ENV}={spec.threads} OMP_NUM_THREADS={spec.threads} "
     outcomes: dict[int, CellOutcome] = {}

@@ -148,7 +148,7 @@ def evaluate_images(
 
 
 def tagged_scalars(results: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
-    """Scalar names that carry the extractor, for trackers: ``{"eval/fd_digits-32-cnn-3f2a9c": 12.3, ...}``.
+    """Scalar names that carry the extractor, for trackers: ``{"eval/fd_digits-32-cnn-9719e4c7": 12.3, ...}``.
 
     Args:
         results: what :meth:`GenerativeMetrics.compute` returned.
@@ -158,8 +158,8 @@ def tagged_scalars(results: Mapping[str, Any], prefix: str = "eval/") -> dict[st
         Every numeric metric except the sample counts, named ``<prefix><metric>_<extractor>``.
 
     Example:
-        >>> tagged_scalars({"extractor": "digits-32-cnn-abc", "fd": 1.5, "num_real": 10})
-        {'eval/fd_digits-32-cnn-abc': 1.5}
+        >>> tagged_scalars({"extractor": "digits-32-cnn-9719e4c7", "fd": 1.5, "num_real": 10})
+        {'eval/fd_digits-32-cnn-9719e4c7': 1.5}
     """
     extractor = results["extractor"]
     skip = {"extractor", "num_real", "num_fake"}

@@ -1,7 +1,7 @@
 """Feature extractors for FD/KID and the on-disk cache of the per-dataset classifiers.
 
 A feature extractor maps images (B, C, H, W) in [-1, 1] to features (B, num_features) and carries a
-``name`` that every reported number must quote (``fd`` on ``digits-32-cnn-3f2a9c`` features is not an FID
+``name`` that every reported number must quote (``fd`` on ``digits-32-cnn-9719e4c7`` features is not an FID
 and not comparable with ``fd`` on other features).
 
 An extractor is named after a hash of its *weights* (``digits-32-cnn-<sha256[:8]>``), so two numbers that quote
@@ -67,7 +67,7 @@ class ClassifierFeatures(FeatureExtractor):
 
     Args:
         classifier: the trained classifier.
-        name: e.g. ``"digits-32-cnn-3f2a9c"``.
+        name: e.g. ``"digits-32-cnn-9719e4c7"``.
         image_shape: (C, H, W) it was trained on.
         metadata: what the cache's JSON holds (recipe, accuracy, training time, ...).
     """
@@ -163,9 +163,12 @@ def shipped_paths(dataset: str, image_size: int, channels: int) -> tuple[Path, P
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def _load(weights: Path, meta_path: Path) -> ClassifierFeatures:
+def _load(weights: Path, meta_path: Path, shipped: bool = False) -> ClassifierFeatures:
     """Loads an extractor and checks that its weights hash to the SHA-256 and the name its metadata records."""
-    fix = f"delete {weights.name} and {meta_path.name} in {weights.parent} to retrain it"
+    if shipped:
+        fix = "the package's copy is damaged: reinstall xai-train (or `git checkout xai_train/metrics/extractors`)"
+    else:
+        fix = f"delete {weights.name} and {meta_path.name} in {weights.parent} to retrain it"
     try:
         metadata = json.loads(meta_path.read_text())
         recipe = metadata["recipe"]
@@ -174,17 +177,17 @@ def _load(weights: Path, meta_path: Path) -> ClassifierFeatures:
         )
         state = load_file(weights)
         classifier.load_state_dict(state)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
-        raise ExtractorError(f"feature extractor {weights} cannot be read ({error}); {fix}") from error
-    sha256 = weights_sha256(state)
-    expected = extractor_name(metadata["dataset"], metadata["image_size"], sha256)
+        sha256 = weights_sha256(state)
+        expected = extractor_name(metadata["dataset"], metadata["image_size"], sha256)
+        shape = (metadata["channels"], metadata["image_size"], metadata["image_size"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
+        raise ExtractorError(f"feature extractor {weights} cannot be read ({error!r}); {fix}") from error
     if metadata.get("sha256") != sha256 or metadata.get("name") != expected:
         raise ExtractorError(
             f"feature extractor {weights}: its weights hash to {sha256[:8]}, but its metadata says "
             f"{metadata.get('name')!r} (sha256 {str(metadata.get('sha256'))[:8]}): the file was changed or "
             f"written by an older version; {fix}"
         )
-    shape = (metadata["channels"], metadata["image_size"], metadata["image_size"])
     return ClassifierFeatures(classifier, metadata["name"], shape, metadata)
 
 
@@ -325,7 +328,7 @@ def domain_feature_extractor(
     if recipe == ClassifierRecipe() and root is None:
         weights, meta_path = shipped_paths(dataset, image_size, channels)
         if meta_path.is_file():
-            return _load(weights, meta_path)
+            return _load(weights, meta_path, shipped=True)
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
     weights, meta_path = _paths(
         directory, dataset, image_size, channels, recipe_key(dataset, image_size, channels, recipe)

@@ -85,7 +85,22 @@ class TrainingLoop:
         return self._seconds_before + time.perf_counter() - self._started
 
     def full_trainer_state(self) -> dict[str, Any]:
-        return {**self.trainer_state(), "step": self.state.step, "train_seconds": self.train_seconds()}
+        return {
+            **self.trainer_state(),
+            "step": self.state.step,
+            "train_seconds": self.train_seconds(),
+            "fingerprints": self._segment_fingerprints(),
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        """This process's environment fingerprint, with the callbacks' entries (e.g. the extractor)."""
+        return {**environment_fingerprint(self.accelerator, seed=self.seed), **self.callbacks.fingerprint()}
+
+    def _segment_fingerprints(self) -> list[dict[str, Any]]:
+        """One fingerprint per process that trained this run so far (a resume adds one), this one last."""
+        earlier = getattr(self, "_earlier_fingerprints", [])
+        current = getattr(self, "_fingerprint", None)
+        return [*earlier, *([current] if current is not None else [])]
 
     def save_checkpoint(self, name: str | None = None) -> Path:
         return self.checkpoints.save(self.state.step, self.full_trainer_state(), name=name)
@@ -116,6 +131,7 @@ class TrainingLoop:
         if checkpoint is not None:
             state = self.checkpoints.load(checkpoint)
             self.load_trainer_state(state)
+            self._earlier_fingerprints = list(state.get("fingerprints", []))
             self.state.step = int(state["step"])
             self.state.epoch = self.batches.epoch
             self._start_clock(float(state.get("train_seconds", 0.0)))
@@ -131,13 +147,15 @@ class TrainingLoop:
 
         Returns:
             ``steps``, ``max_steps``, ``median_step_time``, ``train_seconds`` (across resumes), ``processes``,
-            ``run_dir``, the last logged scalars and ``fingerprint`` (:func:`xai_train.fingerprint.
+            ``run_dir``, the last logged scalars, ``fingerprint`` (:func:`xai_train.fingerprint.
             environment_fingerprint` plus the callbacks' ``fingerprint()``: versions, device, CPU, threads,
-            seed, extractor); also written to ``<run_dir>/summary.json``.
+            seed, extractor) and ``earlier_fingerprints`` (those of the processes this run resumed from, kept
+            in the checkpoints: a run resumed elsewhere shows it); also written to ``<run_dir>/summary.json``.
         """
         cfg, acc, state = self.config, self.accelerator, self.state
         self._resume()
         self.callbacks.on_train_start(state)
+        self._fingerprint = self.fingerprint()  # after on_train_start: callbacks have built their extractors
         bar = progress_bar(acc, cfg.max_steps, initial=state.step)
         last_logs: dict[str, float] = {}
         try:  # an error (a NaN loss, a user error) prints below a closed progress bar
@@ -179,7 +197,8 @@ class TrainingLoop:
             "train_seconds": self.train_seconds(),
             "processes": acc.num_processes,
             **last_logs,
-            "fingerprint": {**environment_fingerprint(acc, seed=self.seed), **self.callbacks.fingerprint()},
+            "fingerprint": self.fingerprint(),
+            "earlier_fingerprints": self._segment_fingerprints()[:-1],  # of the processes this run resumed from
         }
         if self.run_dir is not None and acc.is_main_process:
             atomic_write(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
