@@ -32,7 +32,7 @@ from xai_train.callback import Callback, NoisePlan, TrainState
 from xai_train.data import derive_seed
 from xai_train.diffusion import ReplayBuffer, TimestepBound, add_noise
 from xai_train.diffusion.importance_schedule import TimeConstantScale
-from xai_train.diffusion.sampler import FixedMapSampler
+from xai_train.diffusion.samplers import FixedMapSampler
 from xai_train.diffusion.self_refine import (
     FamAttention,
     OnlineHighlighter,

@@ -15,7 +15,7 @@ from xai_train.diffusion import (
     add_noise,
     training_target,
 )
-from xai_train.diffusion.sampler import ImportanceSampler
+from xai_train.diffusion.samplers import ImportanceSampler
 from xai_train.trainers.losses import discriminator_loss
 
 

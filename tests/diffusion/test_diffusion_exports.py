@@ -11,7 +11,7 @@ import xai_train.diffusion as diffusion
 import xai_train.diffusion.self_refine as self_refine
 
 # Modules whose every public class, function and constant the package exports.
-FULLY_EXPORTED = ("importance_schedule", "noise", "pipeline", "sampler")
+FULLY_EXPORTED = ("importance_schedule", "noise", "pipeline", "sampler", "samplers")
 
 
 def public_names(module) -> set[str]:
@@ -46,7 +46,7 @@ def test_the_sampling_modules_are_exported_whole(module_name):
 def test_the_per_pixel_names_of_self_refining_diffusion():
     from xai_train.diffusion.importance_schedule import TimeConstantScale
     from xai_train.diffusion.pipeline import FixedMapDiffusionPipeline
-    from xai_train.diffusion.sampler import ExportableSampler, FixedMapSampler
+    from xai_train.diffusion.samplers import ExportableSampler, FixedMapSampler
 
     assert diffusion.FixedMapSampler is FixedMapSampler and diffusion.TimeConstantScale is TimeConstantScale
     assert diffusion.FixedMapDiffusionPipeline is FixedMapDiffusionPipeline

@@ -20,7 +20,8 @@ from xai_train.config.diffusion import DiffusionExperiment
 from xai_train.diffusion.importance_schedule import NoiseScaleSchedule, TimeConstantScale, check_step_variance
 from xai_train.diffusion.models import build_noise_scheduler, build_unet, ddim_for
 from xai_train.diffusion.pipeline import FixedMapDiffusionPipeline, export_pipeline, load_pipeline, sample_pipeline
-from xai_train.diffusion.sampler import FixedMapSampler, ddim_sample, importance_ddim_sample
+from xai_train.diffusion.sampler import ddim_sample, importance_ddim_sample
+from xai_train.diffusion.samplers import FixedMapSampler
 
 REPO = Path(__file__).resolve().parents[2]
 SRD_DIGITS = REPO / "configs" / "diffusion" / "srd_digits.yaml"

@@ -14,7 +14,7 @@ from xai_train.config.diffusion import DiffusionExperiment
 from xai_train.diffusion.importance_schedule import TimeConstantScale
 from xai_train.diffusion.models import ddim_for
 from xai_train.diffusion.pipeline import FixedMapDiffusionPipeline, load_pipeline, sample_pipeline
-from xai_train.diffusion.sampler import FixedMapSampler
+from xai_train.diffusion.samplers import FixedMapSampler
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [

@@ -45,11 +45,8 @@ from xai_train.diffusion.noise import (
 )
 from xai_train.diffusion.replay import ReplayBuffer
 from xai_train.diffusion.sampler import (
-    ExportableSampler,
-    FixedMapSampler,
     ImportanceFn,
     ImportanceSample,
-    ImportanceSampler,
     ScaleSchedule,
     check_fixed_map,
     ddim_sample,
@@ -57,6 +54,7 @@ from xai_train.diffusion.sampler import (
     importance_step,
     scheduler_alphas,
 )
+from xai_train.diffusion.samplers import ExportableSampler, FixedMapSampler, ImportanceSampler
 
 __all__ = [
     "Adversary",

@@ -23,7 +23,7 @@ from xai_train.checkpoint.reading import CheckpointError, first_line
 from xai_train.diffusion.discriminator import TimeConditionedDiscriminator
 from xai_train.diffusion.importance import DiscriminatorImportance, check_map_source
 from xai_train.diffusion.importance_schedule import NoiseScaleSchedule, TimeConstantScale
-from xai_train.diffusion.sampler import ExportableSampler, FixedMapSampler, ImportanceSampler
+from xai_train.diffusion.samplers import ExportableSampler, FixedMapSampler, ImportanceSampler
 from xai_train.errors import UserError
 
 
@@ -181,7 +181,7 @@ def export_pipeline(
         unet: the (EMA) UNet to export, unwrapped.
         noise_scheduler: the training ``DDPMScheduler``.
         sampler: ``None`` for a standard-noise run, else an
-            :class:`~xai_train.diffusion.sampler.ExportableSampler`, whose ``to_pipeline`` builds the pipeline:
+            :class:`~xai_train.diffusion.samplers.ExportableSampler`, whose ``to_pipeline`` builds the pipeline:
             an ``ImportanceSampler`` (its importance function must be a ``DiscriminatorImportance``) →
             ``ImportanceDiffusionPipeline``; a ``FixedMapSampler`` with a ``TimeConstantScale`` →
             ``FixedMapDiffusionPipeline`` with its current map (``DDPMPipeline`` while it has none: the model never
