@@ -1,11 +1,55 @@
+import importlib.util
 import os
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 from accelerate.state import AcceleratorState, GradientState, PartialState
+from diffusers import UNet2DModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_recipe_module(name: str) -> ModuleType:
+    """``recipes/<name>.py`` as a fresh module (its ``main`` callable in-process)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_recipe() -> Callable[[str], ModuleType]:
+    """``load_recipe("train_diffusion")``: a recipe script as a module."""
+    return load_recipe_module
+
+
+def tiny_unet(
+    channels: int = 1, size: int = 8, seed: int = 0, widths: tuple[int, int] = (16, 32), groups: int = 8
+) -> UNet2DModel:
+    """A seeded UNet2DModel small enough for unit tests (a few milliseconds per forward on a CPU)."""
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=widths,
+        layers_per_block=1,
+        norm_num_groups=groups,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+
+
+@pytest.fixture
+def make_unet() -> Callable[..., UNet2DModel]:
+    """The ``tiny_unet`` factory, for tests that need several or other sizes."""
+    return tiny_unet
 
 
 @pytest.fixture(autouse=True)

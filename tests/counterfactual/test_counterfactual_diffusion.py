@@ -1,5 +1,5 @@
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 from torch import nn
 
 from xai_train.counterfactual import manifold_counterfactuals
@@ -24,18 +24,8 @@ def test_ddim_inversion_is_exact_for_a_constant_noise_model_and_lands_on_the_ddi
     torch.testing.assert_close(z, last.sqrt() * x + (1 - last).sqrt() * 0.25, atol=1e-5, rtol=0)
 
 
-def test_counterfactual_search_through_a_diffusion_unet():
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+def test_counterfactual_search_through_a_diffusion_unet(make_unet):
+    unet = make_unet(size=8, widths=(8, 16), groups=4)
     decoder = DiffusionDecoder(unet, DDPMScheduler(num_train_timesteps=100).alphas_cumprod, steps=3)
     classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, 2, bias=False))
     with torch.no_grad():

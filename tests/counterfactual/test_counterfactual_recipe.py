@@ -115,24 +115,14 @@ def test_three_methods_write_their_reports(recipe, gan_run, classifier_file, tmp
 
 
 @pytest.mark.slow
-def test_manifold_counterfactuals_with_a_diffusion_run(recipe, classifier_file, tmp_path):
-    from diffusers import DDPMScheduler, UNet2DModel
+def test_manifold_counterfactuals_with_a_diffusion_run(recipe, classifier_file, tmp_path, make_unet):
+    from diffusers import DDPMScheduler
 
     from xai_train.diffusion.pipeline import export_pipeline
 
     run = tmp_path / "ddpm"
     save_config(DiffusionExperiment(), run / "config.yaml")  # digits, 32×32, ε-prediction
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=32,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = make_unet(size=32, widths=(8, 16), groups=4)
     export_pipeline(run / "pipeline", unet, DDPMScheduler(num_train_timesteps=100))
     out = tmp_path / "out"
     argv = ["--classifier", str(classifier_file), "--generator", str(run), "--method", "manifold", "--num-images", "2"]

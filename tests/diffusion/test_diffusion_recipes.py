@@ -1,4 +1,3 @@
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +28,6 @@ TINY = [
 ]
 
 
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_shipped_configs_load_and_pass_the_cross_checks():
     assert {p.stem for p in CONFIGS} >= {
         f"ddpm_{data}{arm}" for data in ("digits", "shapes") for arm in ("", "_xai_weight", "_xai_noise")
@@ -51,7 +43,7 @@ def test_importance_without_discriminator_is_a_config_error():
 
 
 @pytest.mark.parametrize("config_name", ["ddpm_digits", "ddpm_shapes_xai_noise", "ddpm_digits_xai_weight"])
-def test_train_then_sample(tmp_path, config_name):
+def test_train_then_sample(tmp_path, config_name, load_recipe):
     train, sample = load_recipe("train_diffusion"), load_recipe("sample")
     config = REPO / "configs" / "diffusion" / f"{config_name}.yaml"
     summary = train.main(["--config", str(config), *TINY, f"run.output_dir={tmp_path}"])

@@ -1,6 +1,5 @@
 """The shipped SRD configs through recipes/train_diffusion.py, end to end, and the exported pipelines."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -37,22 +36,11 @@ TINY = [
 ]
 
 
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def train_recipe():
-    return load_recipe("train_diffusion")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("config_name", ["srd_digits", "srd_shapes"])
-def test_srd_config_trains_and_exports_a_plain_ddpm_pipeline(tmp_path, config_name):
+def test_srd_config_trains_and_exports_a_plain_ddpm_pipeline(tmp_path, config_name, load_recipe):
     config = REPO / "configs" / "diffusion" / f"{config_name}.yaml"
-    summary = train_recipe().main(["--config", str(config), *TINY, f"run.output_dir={tmp_path}"])
+    summary = load_recipe("train_diffusion").main(["--config", str(config), *TINY, f"run.output_dir={tmp_path}"])
     run = Path(summary["run_dir"])
     assert summary["steps"] == 4
     state = torch.load(run / "checkpoints" / "step_4" / "callbacks.pt", weights_only=True)["self_refining_diffusion"]
@@ -66,12 +54,12 @@ def test_srd_config_trains_and_exports_a_plain_ddpm_pipeline(tmp_path, config_na
 CONSISTENT = ["self_refine.preset=custom", "self_refine.target=consistent"]
 
 
-def test_srd_digits_consistent_trains_exports_the_last_fam_and_reloads(tmp_path):
+def test_srd_digits_consistent_trains_exports_the_last_fam_and_reloads(tmp_path, load_recipe):
     """The consistent target samples with the per-pixel sampler; the export carries the FAM of the last refresh,
     and sample.py samples a checkpoint with that checkpoint's FAM, exactly as the export."""
     config = REPO / "configs" / "diffusion" / "srd_digits.yaml"
     every_step = ["train.checkpoint_every=1", "train.keep_checkpoints=0"]  # step_1 is before the first FAM
-    summary = train_recipe().main(
+    summary = load_recipe("train_diffusion").main(
         ["--config", str(config), *TINY, *CONSISTENT, *every_step, f"run.output_dir={tmp_path}"]
     )
     run = Path(summary["run_dir"])
@@ -107,8 +95,8 @@ def test_srd_digits_consistent_trains_exports_the_last_fam_and_reloads(tmp_path)
         sample.saved_fam(tmp_path)
 
 
-def test_the_recipe_refuses_two_per_pixel_noise_scales(tmp_path):
+def test_the_recipe_refuses_two_per_pixel_noise_scales(tmp_path, load_recipe):
     config = REPO / "configs" / "diffusion" / "srd_digits.yaml"
     overrides = [*TINY, *CONSISTENT, "discriminator.enabled=true", "importance_noise.enabled=true"]
     with pytest.raises(ConfigError, match="no sampler takes their product: set self_refine.sampler=plain"):
-        train_recipe().main(["--config", str(config), *overrides, f"run.output_dir={tmp_path}"])
+        load_recipe("train_diffusion").main(["--config", str(config), *overrides, f"run.output_dir={tmp_path}"])
