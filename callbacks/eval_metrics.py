@@ -21,6 +21,11 @@ the same with ``best_step``, the same on every rank, right after ``on_step_end``
     if eval_metrics.best_step == state.step:
         accelerator.save_state(run_dir / "checkpoints" / "best")
 
+The real (reference) set: a dataset with a held-out split (``mnist5k``: 1,000 images no run trains on) is
+compared against that split; the others against their whole training set (``digits``, ``shapes``: FD then
+measures closeness to the very images the GAN and the extractor trained on). Every ``metrics.jsonl`` line
+names it (``reference``, ``num_real``).
+
 Honest numbers: FD on fewer than ~5k samples (generated or real: digits has only 1,797) is biased upward,
 so compare FDs only at equal ``num_samples`` and real set; KID, unbiased, is logged beside it.
 ``metrics.jsonl`` may hold lines past the last checkpoint after a resume: keep the last line per step.
@@ -70,7 +75,8 @@ class EvalMetrics(Callback):
     Args:
         dataset: a dataset name (``"digits"``, ``"shapes"``, ...): the default real set and the default
             extractor (its cached feature classifier, trained on first use).
-        real_images: (N, C, H, W) reference images in [-1, 1]; default: the whole ``dataset``.
+        real_images: (N, C, H, W) reference images in [-1, 1]; default: the ``dataset``'s evaluation split
+            (``xai_train.data.evaluation_split``: held out for ``mnist5k``, the whole dataset otherwise).
         extractor: the feature extractor; default: ``domain_feature_extractor(dataset, ...)``.
         image_size: image size used to build ``dataset`` (when ``real_images`` is not given).
         channels: channels used to build ``dataset`` (when ``real_images`` is not given).
@@ -142,6 +148,7 @@ class EvalMetrics(Callback):
         self.batch_size, self.seed = batch_size, seed
         self.monitor, self.sample_fn = monitor, sample_fn
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.reference = "given" if real_images is not None else None
         self.evaluator: GenerativeMetrics | None = None
         self._real_added = False
         self.best_step: int | None = None
@@ -170,10 +177,13 @@ class EvalMetrics(Callback):
             return
         acc = state.accelerator
         if self.real_images is None:
-            from xai_train.data import build_dataset
+            from xai_train.data import build_dataset, evaluation_split
 
-            data = build_dataset(self.dataset, root=self.root, image_size=self.image_size, channels=self.channels)
-            self.real_images = data.images
+            split = evaluation_split(self.dataset)
+            data = build_dataset(
+                self.dataset, root=self.root, image_size=self.image_size, channels=self.channels, split=split
+            )
+            self.real_images, self.reference = data.images, f"{self.dataset}/{split}"
         if self.extractor is None:
             _, channels, size, _ = self.real_images.shape
             with acc.main_process_first():
@@ -255,6 +265,8 @@ class EvalMetrics(Callback):
             "step": state.step,
             **results,
             "extractor_sha256": self.extractor_sha256,
+            "reference": self.reference,
+            "num_real": len(self.real_images),
             "num_samples": results["num_fake"],
             "is_best": improved,
             "eval_time_s": time.perf_counter() - start_time,
@@ -300,7 +312,11 @@ class EvalMetrics(Callback):
         """The extractor, for the run's environment fingerprint (its name carries its weights' hash)."""
         if self.extractor is None:
             return {}
-        return {"extractor": self.extractor.name, "extractor_sha256": self.extractor_sha256}
+        return {
+            "extractor": self.extractor.name,
+            "extractor_sha256": self.extractor_sha256,
+            "eval_reference": f"{self.reference} ({len(self.real_images)} images)",
+        }
 
     # --- checkpoint state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

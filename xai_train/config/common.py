@@ -61,11 +61,11 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # digits | shapes | mnist | fashion_mnist | cifar10 | folder
+    name: str = "digits"  # digits (8x8, upsampled) | mnist5k (real MNIST, embedded) | shapes | mnist | ... | folder
     root: str = ""  # local files for mnist / fashion_mnist / cifar10 / folder (nothing is downloaded)
     image_size: int = 32
     channels: int = 1
-    num_samples: int = 0  # 0 = the whole dataset (shapes: 10,000 images)
+    num_samples: int = 0  # 0 = the whole training set (shapes: 10,000 images; mnist5k: its 4,000 train split)
     fraction: float = 1.0  # keep a seeded random subset (the paper's "20% of the data" claim)
 
     def __post_init__(self) -> None:
@@ -124,8 +124,8 @@ class EvalConfig:
         check_choices(self)
 
     def callback_kwargs(self, data: DataConfig, seed: int) -> dict[str, Any]:
-        """Keyword arguments of ``callbacks.EvalMetrics``: the real set is the whole dataset, also when
-        ``data.fraction < 1``."""
+        """Keyword arguments of ``callbacks.EvalMetrics``: the real set is the dataset's evaluation split (the
+        held-out 1,000 for ``mnist5k``; the whole dataset otherwise), also when ``data.fraction < 1``."""
         return dict(
             dataset=data.name,
             root=data.root or None,
