@@ -24,7 +24,7 @@ the same with ``best_step``, the same on every rank, right after ``on_step_end``
 The real (reference) set: a dataset with a held-out split (``mnist5k``: 1,000 images no run trains on) is
 compared against that split; the others against their whole training set (``digits``, ``shapes``: FD then
 measures closeness to the very images the GAN and the extractor trained on). Every ``metrics.jsonl`` line
-names it (``reference``, ``num_real``).
+names it (``reference``, beside ``num_real``).
 
 Honest numbers: FD on fewer than ~5k samples (generated or real: digits has only 1,797) is biased upward,
 so compare FDs only at equal ``num_samples`` and real set; KID, unbiased, is logged beside it.
@@ -266,7 +266,6 @@ class EvalMetrics(Callback):
             **results,
             "extractor_sha256": self.extractor_sha256,
             "reference": self.reference,
-            "num_real": len(self.real_images),
             "num_samples": results["num_fake"],
             "is_best": improved,
             "eval_time_s": time.perf_counter() - start_time,
