@@ -17,6 +17,17 @@ An ablation YAML names the recipe script, a base config, common overrides, arms 
         grid: {xai.alpha: [0.1, 0.2]}            # expands this arm: xaigan-alpha=0.1, xaigan-alpha=0.2
     grid: {}                                     # top level: crossed with every arm
 
+Optional, for a confirmatory study: which comparisons the page tests, declared before the cells run::
+
+    primary: {arm: xaigan, metric: fd}           # tested alone at 0.05 (paired t-test) and by TOST
+    secondary:                                   # Holm-corrected together (family-wise 0.05)
+      - {arm: xaigan, metric: kid}
+      - {arm: xaigan_20, baseline: vanilla_20, metric: fd}   # baseline: default the spec's baseline arm
+    equivalence_margin: 0.10                     # TOST margin of the primary: +-10% of its baseline's mean
+
+A comparison is the final value (last evaluation) of ``metric``, ``arm`` vs ``baseline``, paired by seed.
+Without ``primary``/``secondary`` every arm x metric comparison is exploratory (Holm over all of them).
+
 Everything here is pure: no file is written and nothing is run.
 """
 
@@ -47,7 +58,11 @@ SPEC_KEYS = (
     "arms",
     "grid",
     "description",
+    "primary",
+    "secondary",
+    "equivalence_margin",
 )
+COMPARISON_KEYS = ("arm", "metric", "baseline")
 ARM_KEYS = ("name", "baseline", "overrides", "grid", "description")
 
 
@@ -59,6 +74,15 @@ class Arm:
     overrides: dict[str, Any] = field(default_factory=dict)
     baseline: bool = False
     description: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedComparison:
+    """A comparison declared in the spec: the final ``metric`` of ``arm`` vs ``baseline``, paired by seed."""
+
+    arm: str
+    metric: str = "fd"
+    baseline: str = ""  # "" in YAML means the spec's baseline arm; parse_spec fills the name in
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,9 @@ class AblationSpec:
     output_dir: str = ""
     description: str = ""
     threads: int | None = 1  # torch threads of every cell: a CPU result depends on it (None: the recipe's default)
+    primary: PlannedComparison | None = None  # the one confirmatory comparison (None: the page is exploratory)
+    secondary: tuple[PlannedComparison, ...] = ()  # tested together, Holm-corrected
+    equivalence_margin: float = 0.10  # TOST margin of the primary, relative to its baseline mean: 10% = +-10%
 
     @property
     def baseline(self) -> Arm:
@@ -260,6 +287,27 @@ def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -
         arms = expand_arms(data.get("arms") or [], data.get("grid") or {})
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from err
+    names, baseline = [arm.name for arm in arms], next(arm.name for arm in arms if arm.baseline)
+    primary = None
+    if data.get("primary") is not None:
+        primary = parse_comparison(data["primary"], names, baseline, metrics, f"{source}: 'primary'")
+    secondary_raw = data.get("secondary") or []
+    if not isinstance(secondary_raw, list):
+        raise ConfigError(f"{source}: 'secondary' must be a list of {{arm, metric, baseline}} mappings")
+    secondary = tuple(
+        parse_comparison(raw, names, baseline, metrics, f"{source}: 'secondary' #{index + 1}")
+        for index, raw in enumerate(secondary_raw)
+    )
+    planned = ([primary] if primary else []) + list(secondary)
+    repeated = sorted({f"{c.arm} vs {c.baseline} ({c.metric})" for c in planned if planned.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"{source}: comparison {repeated[0]} is declared twice; declare each once")
+    margin = data.get("equivalence_margin", 0.10)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
+        raise ConfigError(
+            f"{source}: 'equivalence_margin' must be a fraction of the baseline mean in (0, 1), e.g. 0.10 "
+            f"for +-10%, got {margin!r}"
+        )
     return AblationSpec(
         name=name,
         recipe=str(data["recipe"]),
@@ -272,7 +320,36 @@ def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -
         output_dir=str(data.get("output_dir", "")),
         description=str(data.get("description", "")).strip(),
         threads=threads,
+        primary=primary,
+        secondary=secondary,
+        equivalence_margin=float(margin),
     )
+
+
+def parse_comparison(
+    raw: Any, arms: Sequence[str], baseline: str, metrics: Sequence[str], where: str
+) -> PlannedComparison:
+    """One ``{arm, metric, baseline}`` entry of ``primary``/``secondary``; errors name ``where`` and the key.
+
+    Example:
+        >>> parse_comparison({"arm": "x"}, ["b", "x"], "b", ["fd", "kid"], "primary")
+        PlannedComparison(arm='x', metric='fd', baseline='b')
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping like {{arm: xaigan, metric: fd}}, got {raw!r}")
+    unknown = sorted(set(raw) - set(COMPARISON_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(COMPARISON_KEYS)}")
+    arm, other = str(raw.get("arm", "")), str(raw.get("baseline") or baseline)
+    metric = str(raw.get("metric", "fd"))
+    for key, value in (("arm", arm), ("baseline", other)):
+        if value not in arms:
+            raise ConfigError(f"{where}: {key} {value!r} is not an arm; arms: {', '.join(arms)}")
+    if arm == other:
+        raise ConfigError(f"{where}: arm '{arm}' is compared with itself; name another 'baseline'")
+    if metric not in metrics:
+        raise ConfigError(f"{where}: metric {metric!r} is not an evaluation output; choose from: {', '.join(metrics)}")
+    return PlannedComparison(arm, metric, other)
 
 
 def parse_threads(value: Any, where: str) -> int | None:
