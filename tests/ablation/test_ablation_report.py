@@ -144,3 +144,17 @@ def test_cells_from_different_environments_are_refused_unless_allowed(tmp_path):
         "environment (every cell): torch `2.13.0`, cpu `test-cpu`, torch_threads `1`"
         in (tmp_path / "results.md").read_text()
     )
+
+
+def test_status_lines_come_right_after_the_title(ablation):
+    spec, directory = ablation
+    status = ["**6 of 8 cells finished.**", "", "## Not finished", "", "- xai/seed_3: 5 of 10 steps"]
+    write_report(spec, directory, status=status)
+    lines = (directory / "results.md").read_text().splitlines()
+    assert lines[:8] == ["# Ablation `synthetic`", "", *status, ""]
+    write_report(spec, directory)
+    assert (directory / "results.md").read_text().splitlines()[:3] == [
+        "# Ablation `synthetic`",
+        "",
+        "- recipe `recipes/train_gan.py`, base config `base.yaml`; common overrides: none",
+    ]

@@ -106,6 +106,7 @@ def markdown_report(
     plots: Sequence[str] = (),
     command: str = "",
     environment: Sequence[str] = (),
+    status: Sequence[str] = (),
 ) -> str:
     """The ``results.md`` text: settings, environment, the per-arm table, statistical power, the arms'
     overrides, per-cell values, plots.
@@ -117,7 +118,8 @@ def markdown_report(
         metrics: metric names present.
         plots: PNG file names (relative to the Markdown file) to embed.
         command: the command that produced the runs.
-        environment: lines describing the cells' environment (:func:`environment_lines`).
+        environment: lines describing the cells' environment (:func:`check_environments`).
+        status: Markdown lines placed right after the title (e.g. "k of N cells finished").
 
     Returns:
         Markdown text.
@@ -128,6 +130,8 @@ def markdown_report(
     extractor = ", ".join(f"`{name}`" for name in extractors) or "n/a"
     baseline = spec.baseline.name
     lines = [f"# Ablation `{spec.name}`", ""]
+    if status:
+        lines += [*status, ""]
     if spec.description:
         lines += [spec.description, ""]
     lines += [
@@ -313,7 +317,12 @@ def _number(value: Any) -> str:
 
 
 def write_report(
-    spec: AblationSpec, ablation_dir: str | Path, *, command: str = "", allow_mixed: bool = False
+    spec: AblationSpec,
+    ablation_dir: str | Path,
+    *,
+    command: str = "",
+    allow_mixed: bool = False,
+    status: Sequence[str] = (),
 ) -> list[Path]:
     """Aggregates an ablation directory: CSVs, Markdown, one PNG per metric, and TensorBoard HParams.
 
@@ -322,6 +331,8 @@ def write_report(
         ablation_dir: where the cells are.
         command: the command that produced the runs (default: ``ablate_command.txt`` if present).
         allow_mixed: aggregate cells whose environment fingerprints differ (the report says so).
+        status: Markdown lines placed right after the page title, as given (a sweep's "k of N finished",
+            a "not finished" section).
 
     Returns:
         The files and folders written.
@@ -359,7 +370,7 @@ def write_report(
         )
         plots.append(path.name)
         written.append(path)
-    text = markdown_report(spec, results, rows, metrics, plots, command, environment)
+    text = markdown_report(spec, results, rows, metrics, plots, command, environment, status)
     atomic_write(ablation_dir / "results.md", text)
     written.append(ablation_dir / "results.md")
     written.append(write_hparams(rows, {arm.name: arm.overrides for arm in spec.arms}, ablation_dir / "hparams"))
