@@ -69,7 +69,7 @@ def test_tiny_ablation_end_to_end(tmp_path, process_groups):
         fingerprint = json.loads((out / cell / "summary.json").read_text())["fingerprint"]
         assert fingerprint["torch_threads"] == 1 and fingerprint["seed"] == int(cell[-1])
         assert fingerprint["extractor"] == shipped["name"] and fingerprint["extractor_sha256"] == shipped["sha256"]
-    assert f"environment (every cell): torch `{fingerprint['torch']}`" in text and "## Statistical power" in text
+    assert f"environment (every cell): torch `{fingerprint['torch']}`" in text and "## Comparisons" in text
 
     # the same checkpoint gives the same FD bits whatever the thread count, equal to the training-time one
     cell = out / "grad" / "seed_1"

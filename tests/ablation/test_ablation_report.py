@@ -1,4 +1,5 @@
-"""Aggregation of a synthetic ablation directory: per-cell reading, means/stds/CI, CSV, Markdown, PNG, HParams."""
+"""Aggregation of a synthetic ablation directory: per-cell reading, means/stds/CI, paired tests, Holm, TOST, CSV,
+Markdown, settings, PNG, HParams, publishing next to a page."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 from scipy import stats as scipy_stats
 
+from xai_train.ablation.page import publish
 from xai_train.ablation.report import write_report
 from xai_train.ablation.results import collect_cells, read_metrics_jsonl
-from xai_train.ablation.spec import AblationSpec, Arm
-from xai_train.ablation.stats import minimum_detectable_effect, pooled_std, seeds_needed, t_test_power
+from xai_train.ablation.spec import AblationSpec, Arm, PlannedComparison
+from xai_train.ablation.stats import holm, minimum_detectable_effect, seeds_needed, tost_paired
 from xai_train.errors import UserError
 
 # Final FD per seed: vanilla 10, 12, 14 (mean 12, std 2); xai 8, 9, 10 (mean 9, std 1).
@@ -71,11 +75,15 @@ def test_results_csv_holds_hand_computed_means_stds_and_ci(ablation):
     assert float(xai["final_fd_mean"]) == 9.0 and float(xai["final_fd_std"]) == 1.0
     assert float(vanilla["best_fd_mean"]) == pytest.approx((10 + 12 + 13) / 3)  # seed 2's best is at step 5
     assert float(xai["final_kid_mean"]) == pytest.approx(0.9)
-    # Welch: se^2 = 4/3 + 1/3, df = 50/17 (see test_ablation_stats); relative = -3 / 12.
-    half = scipy_stats.t.ppf(0.975, 50 / 17) * math.sqrt(5 / 3)
-    assert float(xai["final_fd_rel_change"]) == -0.25
+    # the arms share seeds 0-2: paired; differences -2, -3, -4 (mean -3, std 1); relative = -3 / 12
+    half = scipy_stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert float(xai["final_fd_rel_change"]) == -0.25 and xai["final_fd_test"] == "paired"
     assert float(xai["final_fd_diff_ci_low"]) == pytest.approx(-3 - half)
-    assert float(xai["final_fd_rel_ci_high"]) == pytest.approx((-3 + half) / 12)
+    assert float(xai["final_fd_p"]) == pytest.approx(scipy_stats.ttest_rel(FINAL["xai"], FINAL["vanilla"]).pvalue)
+    # Fieller's upper end: the paired test of xai against (1 + r) * vanilla has p = 0.05 there
+    end = float(xai["final_fd_rel_ci_high"])
+    shifted = np.subtract(FINAL["xai"], (1 + end) * np.asarray(FINAL["vanilla"]))
+    assert scipy_stats.ttest_1samp(shifted, 0.0).pvalue == pytest.approx(0.05, abs=1e-9)
     assert float(xai["train_seconds_mean"]) == 150.0 and float(xai["train_seconds_rel_change"]) == pytest.approx(
         40 / 110
     )
@@ -90,7 +98,7 @@ def test_markdown_png_and_hparams(ablation):
     text = (directory / "results.md").read_text()
     assert "`fake-cnn`" in text and "100 generated samples" in text
     assert "| **vanilla** | 3 | 12 ± 2 | 11.7 ± 1.53 | — |" in text
-    assert "| xai | 3 | 9 ± 1 | 9 ± 1 | -25% [-60%, +10%] |" in text
+    assert "| xai | 3 | 9 ± 1 | 9 ± 1 | -25% [-32%, -7%] |" in text  # paired, Fieller
     assert "+36% [" in text  # train time 150 vs 110 s
     assert "`xai.enabled=true`, `xai.alpha=0.2`" in text
     assert "![fd_curves.png](fd_curves.png)" in text and "python recipes/ablate.py synthetic.yaml" in text
@@ -104,24 +112,106 @@ def test_markdown_png_and_hparams(ablation):
     assert len(sorted((directory / "hparams").rglob("events.out.tfevents.*"))) == 6
 
 
-def test_power_section_matches_the_stats_functions(ablation):
+def test_every_comparison_has_its_own_test_holm_p_and_detectable_effect(ablation):
     spec, directory = ablation
     write_report(spec, directory)
+    rows = list(csv.DictReader(open(directory / "comparisons.csv")))
+    assert [(r["family"], r["metric"]) for r in rows] == [("exploratory", "final_fd"), ("exploratory", "final_kid")]
+    p_fd = scipy_stats.ttest_rel(FINAL["xai"], FINAL["vanilla"]).pvalue
+    p_kid = scipy_stats.ttest_rel(np.divide(FINAL["xai"], 10), np.divide(FINAL["vanilla"], 10)).pvalue
+    assert [float(r["p_holm"]) for r in rows] == pytest.approx(holm([p_fd, p_kid]))
+    # minimum detectable effect from this comparison's own paired differences (std 1 for FD), not a pooled std
+    assert float(rows[0]["mde"]) == pytest.approx(minimum_detectable_effect(1.0, 3, paired=True))
+    assert int(rows[0]["seeds_for_10pct"]) == seeds_needed(1.2, 1.0, paired=True)
     text = (directory / "results.md").read_text()
-    pooled = math.sqrt((2 * 2.0**2 + 2 * 1.0**2) / 4)  # vanilla std 2, xai std 1, 2 degrees of freedom each
-    assert pooled_std([FINAL["vanilla"], FINAL["xai"]]).std == pytest.approx(pooled)
-    effect = minimum_detectable_effect(pooled, 3)
-    assert t_test_power(effect, pooled, 3) == pytest.approx(0.8, abs=1e-6)
-    row = next(line for line in text.splitlines() if line.startswith("| final FD, unpaired"))
-    assert f"{effect:.4g} ({effect / 12 * 100:.4g}%) at 3" in row  # vanilla mean 12
-    assert f"| {seeds_needed(1.2, pooled)} |" in row  # a 10% change of 12
-    differences = [8.0 - 10.0, 9.0 - 12.0, 10.0 - 14.0]  # xai - vanilla per seed: std 1
-    paired = minimum_detectable_effect(1.0, 3, paired=True)
-    assert pooled_std([differences]).std == pytest.approx(1.0)
-    row = next(line for line in text.splitlines() if line.startswith("| final FD, paired by seed"))
-    assert f"{paired:.4g} ({paired / 12 * 100:.4g}%) at 3" in row
-    assert f"| {seeds_needed(1.2, 1.0, paired=True)} |" in row
-    assert "## Statistical power" in text and "environment: not recorded" in text
+    line = next(line for line in text.splitlines() if line.startswith("| exploratory | final FD: xai vs vanilla"))
+    assert "| paired t, 3 seeds | -25% [-32%, -7%] |" in line
+    assert "## Primary comparison" not in text  # nothing declared: the whole page is exploratory
+
+
+def test_declared_primary_gets_tost_and_secondaries_holm_together(ablation):
+    spec, directory = ablation
+    for seed, value in enumerate([10.5, 12.4, 13.6]):  # a third arm close to vanilla, its own baseline in one row
+        write_cell(directory / "xai_b" / f"seed_{seed}", 20.0, value, 100.0)
+    spec = AblationSpec(
+        spec.name,
+        spec.recipe,
+        spec.base,
+        (*spec.arms, Arm("xai_b", {})),
+        primary=PlannedComparison("xai_b", "fd", "vanilla"),
+        secondary=(PlannedComparison("xai", "fd", "vanilla"), PlannedComparison("xai", "kid", "xai_b")),
+        equivalence_margin=0.10,
+    )
+    write_report(spec, directory)
+    rows = list(csv.DictReader(open(directory / "comparisons.csv")))
+    assert [(r["family"], r["arm"], r["baseline"], r["metric"]) for r in rows][:3] == [
+        ("primary", "xai_b", "vanilla", "final_fd"),
+        ("secondary", "xai", "vanilla", "final_fd"),
+        ("secondary", "xai", "xai_b", "final_kid"),
+    ]
+    assert {r["family"] for r in rows[3:]} == {"exploratory"} and len(rows) == 5  # xai kid, xai_b kid vs vanilla
+    p_secondary = [
+        scipy_stats.ttest_rel(FINAL["xai"], FINAL["vanilla"]).pvalue,
+        scipy_stats.ttest_rel(np.divide(FINAL["xai"], 10), np.divide([10.5, 12.4, 13.6], 10)).pvalue,
+    ]
+    assert [float(r["p_holm"]) for r in rows[1:3]] == pytest.approx(holm(p_secondary))
+    assert float(rows[0]["p_holm"]) == pytest.approx(float(rows[0]["p"]))  # the primary is tested alone
+    tost = tost_paired([10.5, 12.4, 13.6], FINAL["vanilla"], 0.10)
+    assert float(rows[0]["tost_p_lower"]) == pytest.approx(tost.p_lower)
+    assert float(rows[0]["tost_p_upper"]) == pytest.approx(tost.p_upper)
+    assert rows[0]["tost_equivalent"] == str(tost.equivalent)
+    text = (directory / "results.md").read_text()
+    assert "## Primary comparison" in text and "TOST, paired, margin ±10% of the `vanilla` mean" in text
+    assert f"p = {tost.p_lower:.2g} against Δ ≤ −10%" in text
+    conclusion = "equivalent within ±10%" if tost.equivalent else "inconclusive at 3 seeds"
+    assert f"**Conclusion: {conclusion}" in text
+
+
+def test_settings_come_from_the_cells_config_and_metrics(ablation):
+    spec, directory = ablation
+    for arm in FINAL:
+        for seed in range(3):
+            config = {
+                "data": {"name": "mnist5k", "image_size": 32, "fraction": 1.0 if arm == "vanilla" else 0.2},
+                "model": {"arch": "dcgan", "g_width": 16, "d_width": 16, "latent_dim": 100},
+                "train": {"max_steps": 10, "batch_size": 64, "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.99]},
+                "eval": {"num_samples": 100, "every_n_steps": 5},
+            }
+            (directory / arm / f"seed_{seed}" / "config.yaml").write_text(yaml.safe_dump(config))
+            metrics = directory / arm / f"seed_{seed}" / "metrics.jsonl"
+            records = [json.loads(line) | {"reference": "mnist5k/heldout", "num_real": 1000} for line in
+                       metrics.read_text().splitlines()]  # fmt: skip
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_report(spec, directory)
+    text = (directory / "results.md").read_text()
+    assert "- data: name `mnist5k`, image_size `32`, fraction: vanilla `1.0`, xai `0.2`" in text
+    assert "- model: arch `dcgan`, g_width `16`, d_width `16`, latent_dim `100`" in text
+    assert "- training: max_steps `10`, batch_size `64`, lr_g `0.0002`, lr_d `0.0002`, betas `[0.5, 0.99]`" in text
+    assert "- evaluation: num_samples `100`, every_n_steps `5`" in text
+    assert "- evaluation reference set: `mnist5k/heldout` (1000 images)" in text
+    assert "- seeds: vanilla 0–2 (3); xai 0–2 (3)" in text and "KID as logged, unscaled" in text
+
+
+def test_publish_copies_the_cells_next_to_the_page_and_keeps_its_text(ablation, tmp_path_factory):
+    spec, directory = ablation
+    write_report(spec, directory)
+    docs = tmp_path_factory.mktemp("docs")
+    page = docs / "synthetic.md"
+    page.write_text(
+        "# Synthetic\n\nProtocol, fixed beforehand.\n\n<!-- report:begin -->\nold\n<!-- report:end -->\n\nReading.\n"
+    )
+    publish(directory, page)
+    text = page.read_text()
+    assert text.startswith("# Synthetic\n\nProtocol, fixed beforehand.\n\n<!-- report:begin -->")
+    assert text.endswith("<!-- report:end -->\n\nReading.\n") and "\nold\n" not in text
+    assert "![synthetic_fd.png](synthetic_fd.png)" in text and "[synthetic_cells.csv](synthetic_cells.csv)" in text
+    assert (docs / "synthetic_cells.csv").read_text() == (directory / "cells.csv").read_text()
+    assert (docs / "synthetic_fd.png").read_bytes()[:4] == b"\x89PNG"
+    assert (docs / "synthetic_comparisons.csv").is_file() and (docs / "synthetic_results.csv").is_file()
+    publish(directory, page)  # publishing again replaces the block, once
+    assert page.read_text() == text
+    with pytest.raises(UserError, match="has no results.md"):
+        publish(tmp_path_factory.mktemp("empty"), page)
 
 
 def test_cells_from_different_environments_are_refused_unless_allowed(tmp_path):

@@ -1,10 +1,14 @@
-"""The ablation report: ``results.csv`` (per arm), ``cells.csv`` (per cell), ``results.md``, PNG plots, HParams.
+"""The ablation report: ``results.csv`` (per arm), ``cells.csv`` (per cell), ``comparisons.csv``, ``results.md``,
+PNG plots, HParams; :func:`publish` copies them next to a page in ``docs/results``.
 
-Every number in the Markdown names its feature extractor and sample count; the relative change vs the
-baseline carries a 95% Welch-t interval (see ``xai_train.ablation.stats``). An interval that contains 0 means
-the difference is within seed-to-seed noise at this number of seeds. The report also states the smallest
-effect these seeds can detect and the seeds a 10% change would need, and the environment the cells ran in:
-cells whose fingerprints differ in anything that changes numbers are refused unless ``allow_mixed``.
+The page states its settings (data, reference set, steps, seeds, widths, batch, learning rates, latent size,
+evaluation samples, extractor, KID scale, environment fingerprint: from the cells' ``config.yaml``,
+``metrics.jsonl`` and ``summary.json``). Every comparison is paired by seed (Welch when arms share fewer than
+2 seeds; the page says which, with Welch's df), its relative change carries Fieller's 95% interval, its
+p-value is Holm-adjusted within its family (primary / secondary / exploratory, see
+``xai_train.ablation.comparisons``), and it states its own minimum detectable effect. The primary comparison
+also gets a TOST equivalence test. Cells whose fingerprints differ in anything that changes numbers are
+refused unless ``allow_mixed``.
 """
 
 from __future__ import annotations
@@ -15,25 +19,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xai_train.ablation.comparisons import (
+    LABELS,
+    PageComparison,
+    comparison_row,
+    comparison_section,
+    page_comparisons,
+)
 from xai_train.ablation.hparams import write_hparams
+from xai_train.ablation.page import settings_lines
 from xai_train.ablation.plots import arm_curves, plot_curves
 from xai_train.ablation.results import ArmResult, aggregate, cell_row, collect_cells, quantities
 from xai_train.ablation.spec import AblationSpec, format_value
-from xai_train.ablation.stats import (
-    Summary,
-    format_mean_std,
-    format_relative,
-    minimum_detectable_effect,
-    pooled_std,
-    seeds_needed,
-)
+from xai_train.ablation.stats import Comparison, Summary, format_mean_std, format_relative
 from xai_train.atomic import atomic_path, atomic_write
 from xai_train.benchmarks.timing import markdown_table
 from xai_train.errors import UserError
 from xai_train.fingerprint import describe_differences, numeric_differences
-
-DETECT = 0.10
-"""The relative change whose seed requirement every report states (a 10% FD change)."""
 
 ENVIRONMENT_FIELDS = (
     "torch",
@@ -47,8 +49,6 @@ ENVIRONMENT_FIELDS = (
     "mixed_precision",
 )
 """Fingerprint fields the report's environment line shows (all numeric fields are compared)."""
-
-LABELS = {"fd": "FD", "kid": "KID", "precision": "precision", "recall": "recall"}
 
 
 def arm_table_rows(results: Sequence[ArmResult], metrics: Sequence[str]) -> list[dict[str, Any]]:
@@ -80,7 +80,8 @@ def arm_table_rows(results: Sequence[ArmResult], metrics: Sequence[str]) -> list
                 comparison.relative_low,
                 comparison.relative_high,
             )
-            row[f"{column}_p_welch"] = comparison.p_value
+            row[f"{column}_p"], row[f"{column}_test"] = comparison.p_value, comparison.test
+            row[f"{column}_mde"] = comparison.mde
         table.append(row)
     return table
 
@@ -107,9 +108,11 @@ def markdown_report(
     command: str = "",
     environment: Sequence[str] = (),
     status: Sequence[str] = (),
+    settings: Sequence[str] = (),
+    comparisons: Sequence[PageComparison] = (),
 ) -> str:
-    """The ``results.md`` text: settings, environment, the per-arm table, statistical power, the arms'
-    overrides, per-cell values, plots.
+    """The ``results.md`` text: settings, environment, the per-arm table, the tested comparisons (primary
+    with TOST, secondary, exploratory; Holm within each), the arms' overrides, per-cell values, plots.
 
     Args:
         spec: the ablation.
@@ -120,6 +123,8 @@ def markdown_report(
         command: the command that produced the runs.
         environment: lines describing the cells' environment (:func:`check_environments`).
         status: Markdown lines placed right after the title (e.g. "k of N cells finished").
+        settings: lines describing the cells' settings (:func:`settings_lines`).
+        comparisons: from ``page_comparisons`` (none: no comparison section).
 
     Returns:
         Markdown text.
@@ -143,6 +148,7 @@ def markdown_report(
     ]
     if command:
         lines.append(f"- command: `{command}`")
+    lines += [f"- {line}" for line in settings]
     lines += [f"- {line}" for line in environment]
     header = ["arm", "n"]
     for name in metrics:
@@ -156,12 +162,12 @@ def markdown_report(
             line += [
                 format_mean_std(result.summaries[f"final_{name}"]),
                 format_mean_std(result.summaries[f"best_{name}"]),
-                "—" if result.baseline else format_relative(result.comparisons[f"final_{name}"]),
+                "—" if result.baseline else _relative(result.comparisons[f"final_{name}"]),
             ]
         step = result.summaries["median_step_time"]
         line += [
             format_mean_std(result.summaries["train_seconds"]),
-            "—" if result.baseline else format_relative(result.comparisons["train_seconds"]),
+            "—" if result.baseline else _relative(result.comparisons["train_seconds"]),
             format_mean_std(Summary(step.mean * 1000, step.std * 1000, step.n)),
         ]
         table.append(line)
@@ -169,15 +175,18 @@ def markdown_report(
         "",
         f"Feature extractor: {extractor}. Mean ± std over seeds (sample std). *final* = last evaluation, "
         "*best* = best evaluation of that metric during the run (optimistic: picked on the evaluation set). "
-        f"Δ = relative change of the mean vs `{baseline}` with a 95% Welch-t interval (see "
-        "`xai_train/ablation/stats.py`); an interval containing 0 is within seed noise. *train time* = the "
-        "training loop's wall-clock (`summary.json` `train_seconds`: evaluations and checkpoints included, summed "
-        "over resumes); *step* = median generator/UNet step. Lower is better for FD, KID and time.",
+        f"Δ = relative change of the mean vs `{baseline}`, paired by seed over the seeds both arms finished "
+        "(marked *Welch* where they share fewer than 2), with Fieller's 95% interval (it counts the baseline "
+        "mean's own uncertainty; `xai_train/ablation/stats.py`); an interval containing 0 is within seed noise. "
+        "*train time* = the training loop's wall-clock (`summary.json` `train_seconds`: evaluations and "
+        "checkpoints included, summed over resumes); on a shared machine it depends on the load, so its Δ is "
+        "descriptive, not a cost measurement. *step* = median generator/UNet step. Lower is better for FD, KID "
+        "and time.",
         "",
         markdown_table(header, table),
         "",
     ]
-    lines += power_section(results, rows, metrics, baseline)
+    lines += comparison_section(comparisons)
     arms = [
         [arm.name, ", ".join(f"`{k}={format_value(v)}`" for k, v in arm.overrides.items()) or "(common only)"]
         for arm in spec.arms
@@ -204,72 +213,6 @@ def markdown_report(
         )
     lines += ["## Cells", "", markdown_table(cell_header, cells), ""]
     return "\n".join(lines)
-
-
-def power_section(
-    results: Sequence[ArmResult], rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], baseline: str
-) -> list[str]:
-    """Markdown lines: per final metric, the seed-to-seed spread, the minimum detectable effect at these seeds
-    (two-sided 95%, 80% power) and the seeds per arm a 10% change would need; unpaired (the Δ column's Welch
-    test) and paired by seed (the arms share each seed's initialisation, data order and latents)."""
-    finished = [row for row in rows if row.get("finished")]
-    arms = [result.arm for result in results]
-    base = next((result for result in results if result.arm == baseline), None)
-    if base is None or not finished:
-        return []
-    seeds = min(result.n for result in results)
-    table = []
-    for name in metrics:
-        column = f"final_{name}"
-        value = {(row["arm"], row["seed"]): float(row.get(column, math.nan)) for row in finished}
-        scale = base.summaries[column].mean
-        spread = pooled_std([[v for (arm, _), v in value.items() if arm == name_] for name_ in arms])
-        differences = [
-            [
-                value[arm, seed] - value[baseline, seed]
-                for (other, seed) in value
-                if other == arm and (baseline, seed) in value
-            ]
-            for arm in arms
-            if arm != baseline
-        ]
-        paired = pooled_std(differences)
-        pairs = min((len(group) for group in differences), default=0)
-        label = LABELS.get(name, name)
-        for kind, std, n, is_paired in (
-            ("unpaired", spread.std, seeds, False),
-            ("paired by seed", paired.std, pairs, True),
-        ):
-            effect = minimum_detectable_effect(std, n, paired=is_paired)
-            needed = seeds_needed(DETECT * scale, std, paired=is_paired)
-            table.append(
-                [
-                    f"final {label}, {kind}",
-                    _number(scale),
-                    f"{_number(std)} ({_number(std / scale * 100)}%)",
-                    f"{_number(effect)} ({_number(effect / scale * 100)}%) at {n}",
-                    "n/a" if math.isnan(needed) else (">100000" if math.isinf(needed) else str(int(needed))),
-                ]
-            )
-    header = [
-        "quantity",
-        f"`{baseline}` mean",
-        "std (unpaired: of seeds, pooled over arms; paired: of per-seed differences vs the baseline)",
-        "minimum detectable effect at n seeds",
-        f"seeds per arm for a {DETECT:.0%} change",
-    ]
-    return [
-        "## Statistical power",
-        "",
-        "Two-sided t-tests at 95% with 80% power, equal seeds per arm, exact (noncentral t; "
-        "`xai_train/ablation/stats.py`). *Unpaired* is the Welch comparison of the Δ column; *paired by seed* "
-        "compares each arm with the baseline seed by seed (same initialisation, data order and latents). A true "
-        "change smaller than the minimum detectable effect is missed more often than not: a Δ interval "
-        "containing 0 says *no effect large enough to detect*, not *no effect*.",
-        "",
-        markdown_table(header, table),
-        "",
-    ]
 
 
 def check_environments(cells: Sequence[Any], allow_mixed: bool, name: str) -> list[str]:
@@ -316,6 +259,11 @@ def _number(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
 
+def _relative(comparison: Comparison) -> str:
+    text = format_relative(comparison)
+    return f"{text} (Welch)" if comparison.test == "welch" and text != "n/a" else text
+
+
 def write_report(
     spec: AblationSpec,
     ablation_dir: str | Path,
@@ -352,9 +300,11 @@ def write_report(
     metrics = [name for name in LABELS if any(f"final_{name}" in row for row in rows if row.get("finished"))]
     metrics.sort(key=lambda name: name != spec.metric)  # the headline metric first
     results = aggregate(rows, arms, spec.baseline.name, metrics)
+    comparisons = page_comparisons(spec, rows, metrics)
     written = [
         write_csv(arm_table_rows(results, metrics), ablation_dir / "results.csv"),
         write_csv(rows, ablation_dir / "cells.csv"),
+        write_csv([comparison_row(c) for c in comparisons], ablation_dir / "comparisons.csv"),
     ]
     extractors = sorted({str(row["extractor"]) for row in rows if row.get("finished") and row.get("extractor")})
     plots = []
@@ -370,7 +320,8 @@ def write_report(
         )
         plots.append(path.name)
         written.append(path)
-    text = markdown_report(spec, results, rows, metrics, plots, command, environment, status)
+    settings = settings_lines(cells, results)
+    text = markdown_report(spec, results, rows, metrics, plots, command, environment, status, settings, comparisons)
     atomic_write(ablation_dir / "results.md", text)
     written.append(ablation_dir / "results.md")
     written.append(write_hparams(rows, {arm.name: arm.overrides for arm in spec.arms}, ablation_dir / "hparams"))

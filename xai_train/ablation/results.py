@@ -1,6 +1,7 @@
 """Reading finished cells and aggregating them per arm.
 
-A cell's numbers come from the files its run left: ``summary.json`` (``steps``, ``max_steps``,
+A cell's numbers come from the files its run left: ``config.yaml`` (the resolved config: the page's settings),
+``summary.json`` (``steps``, ``max_steps``,
 ``train_seconds``, ``median_step_time``) and ``metrics.jsonl`` (one line per evaluation; after a resume a step
 can appear twice: the last line wins). Per metric, ``final`` is the value at the last evaluated step and
 ``best`` the best value over the evaluated steps (lowest; highest for precision/recall), each metric on its
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xai_train.ablation.stats import Comparison, Summary, summarize, welch_compare
+import yaml
+
+from xai_train.ablation.stats import Comparison, Summary, compare, summarize
 
 METRIC_NAMES = ("fd", "kid", "precision", "recall")
 HIGHER_IS_BETTER = ("precision", "recall")
@@ -32,6 +35,7 @@ class CellResult:
     finished: bool
     summary: dict[str, Any] = field(default_factory=dict)
     curve: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records sorted by step
+    config: dict[str, Any] = field(default_factory=dict)  # config.yaml (the resolved config), {} if missing
 
     @property
     def extractor(self) -> str:
@@ -68,13 +72,16 @@ def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_cell(directory: str | Path, arm: str, seed: int) -> CellResult:
-    """Reads a cell directory (``summary.json`` and ``metrics.jsonl``; either may be missing)."""
+    """Reads a cell directory (``summary.json``, ``metrics.jsonl``, ``config.yaml``; any may be missing)."""
     directory = Path(directory)
     summary: dict[str, Any] = {}
     if (directory / "summary.json").is_file():
         summary = json.loads((directory / "summary.json").read_text())
+    config: dict[str, Any] = {}
+    if (directory / "config.yaml").is_file():
+        config = yaml.safe_load((directory / "config.yaml").read_text()) or {}
     finished = bool(summary) and summary.get("steps") == summary.get("max_steps")
-    return CellResult(arm, seed, finished, summary, read_metrics_jsonl(directory / "metrics.jsonl"))
+    return CellResult(arm, seed, finished, summary, read_metrics_jsonl(directory / "metrics.jsonl"), config)
 
 
 def collect_cells(ablation_dir: str | Path, arms: Sequence[str]) -> list[CellResult]:
@@ -152,7 +159,8 @@ def aggregate(
     metrics: Sequence[str],
     confidence: float = 0.95,
 ) -> list[ArmResult]:
-    """Mean ± std per arm over its finished seeds, and the Welch comparison of each arm vs ``baseline``.
+    """Mean ± std per arm over its finished seeds, and each arm vs ``baseline`` (``stats.compare``: paired over
+    the seeds both finished, Welch when they share fewer than 2).
 
     Args:
         rows: ``cell_row`` dicts (unfinished cells are ignored).
@@ -177,6 +185,9 @@ def aggregate(
     def values(arm: str, column: str) -> list[float]:
         return [float(row.get(column, math.nan)) for row in finished if row["arm"] == arm]
 
+    def by_seed(arm: str, column: str) -> dict[int, float]:
+        return {int(row["seed"]): float(row.get(column, math.nan)) for row in finished if row["arm"] == arm}
+
     results = []
     for arm in arms:
         seeds = tuple(row["seed"] for row in finished if row["arm"] == arm)
@@ -184,7 +195,7 @@ def aggregate(
             continue
         summaries = {column: summarize(values(arm, column)) for column in columns}
         comparisons = {
-            column: welch_compare(values(arm, column), values(baseline, column), confidence) for column in columns
+            column: compare(by_seed(arm, column), by_seed(baseline, column), confidence) for column in columns
         }
         results.append(ArmResult(arm, arm == baseline, seeds, summaries, comparisons))
     return results
