@@ -105,11 +105,17 @@ def test_loop_writes_metrics_and_tracks_the_best_step(tmp_path):
         "is_best",
         "eval_time_s",
         "extractor_sha256",
+        "reference",
     }
     assert all(set(line) == expected for line in lines)
+    assert all(line["reference"] == "given" for line in lines)  # real_images passed in
     assert all(line["extractor"] == "toy-cnn" and line["num_samples"] == 100 for line in lines)
     assert all(line["extractor_sha256"] is None for line in lines)  # a user's extractor without a hash
-    assert eval_metrics.fingerprint() == {"extractor": "toy-cnn", "extractor_sha256": None}
+    assert eval_metrics.fingerprint() == {
+        "extractor": "toy-cnn",
+        "extractor_sha256": None,
+        "eval_reference": "given (1797 images)",
+    }
     assert all(line["num_real"] == 1797 for line in lines)
     best = min(lines, key=lambda line: line["fd"])
     assert eval_metrics.best_step == best["step"] and eval_metrics.best_value == best["fd"]
