@@ -45,6 +45,7 @@ from xai_train.diffusion.self_refine import (
     resolve_sampler,
     train_highlighter,
 )
+from xai_train.explain.precision import unscale_or_skip
 
 SampleFn = Callable[[int, int, torch.Generator], Tensor]
 """``(num_images, num_inference_steps, generator) -> (N, C, H, W)`` EMA samples in [-1, 1] (``trainer.sample``)."""
@@ -168,6 +169,7 @@ class SelfRefiningDiffusion(Callback):
         self.refreshed_at = -1
         self.refresh_seconds = 0.0  # time spent in FAM refreshes and FH training (the benchmark shows it apart)
         self.refreshes = 0
+        self.projection_overflows = 0  # fp16 steps whose projection gradients overflowed (skipped, as GradScaler does)
         self.highlighter_accuracy = float("nan")
         self._pending: Mapping[str, Any] | None = None
         self._last_logs: dict[str, float] = {}
@@ -230,7 +232,12 @@ class SelfRefiningDiffusion(Callback):
         if all(p.grad is None for p in self.attention.projections.parameters()):
             return
         reduce_gradients(self.attention.projections, self._reducer(state.accelerator))
-        self.projection_optimizer.step()
+        # accelerator.backward scaled the loss under fp16; this optimizer is not prepared, so unscale here and
+        # skip an overflow step (after the all-reduce above every rank sees the same inf and skips alike).
+        if unscale_or_skip(self.attention.projections.parameters(), getattr(state.accelerator, "scaler", None)):
+            self.projection_optimizer.step()
+        else:
+            self.projection_overflows += 1
         self.projection_optimizer.zero_grad(set_to_none=True)
 
     def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
@@ -238,6 +245,7 @@ class SelfRefiningDiffusion(Callback):
             return
         scalars = {k: float(v) for k, v in self._last_logs.items()}
         scalars.update({"srd/fam_mean": float(self.fam.mean()), "srd/refresh_seconds": self.refresh_seconds})
+        scalars["srd/projection_overflows"] = float(self.projection_overflows)
         if math.isfinite(self.highlighter_accuracy):
             scalars["srd/highlighter_accuracy"] = self.highlighter_accuracy
         state.log_scalars(scalars)
@@ -385,4 +393,6 @@ class SelfRefiningDiffusion(Callback):
         if self.online is not None and "online" in state:
             self.online.load_state_dict(state["online"])
         if self.buffer is not None and "buffer" in state:
-            self.buffer.load_state_dict(state["buffer"])
+            self.buffer.load_state_dict(state["buffer"])  # checkpoints load on the CPU: follow the UNet's device
+            if self.buffer.images is not None:
+                self.buffer.images = self.buffer.images.to(device)

@@ -7,7 +7,6 @@ trains it. The trainer owns the random draws (so that every rank draws alike) an
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 from xai_train.callback import CallbackList, TrainState
 from xai_train.diffusion.discriminator import r1_penalty
 from xai_train.diffusion.replay import ReplayBuffer
+from xai_train.explain.precision import full_precision
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``(d_real (B, 1), d_fake (B, 1)) -> (B,)`` per-sample loss, e.g. ``trainers.losses.discriminator_loss``."""
@@ -93,8 +93,9 @@ class Adversary:
         lazy_r1 = self.r1_gamma > 0 and state.step % self.r1_every == 0
         real = real.detach().requires_grad_(lazy_r1)
         # One forward over real and fake: DDP expects one forward per backward, and D has no batch coupling.
-        # R1 needs an exact input gradient, so that forward stays out of fp16 autocast.
-        with contextlib.nullcontext() if lazy_r1 else acc.autocast():
+        # R1 needs an exact input gradient (and differentiates it again): that forward runs in fp32, past the
+        # autocast wrapper accelerator.prepare put on D's forward (a nullcontext here would not leave it).
+        with full_precision(acc.unwrap_model(self.discriminator)) if lazy_r1 else acc.autocast():
             logits = self.discriminator(torch.cat([real, fake.detach()]), torch.cat([timesteps, timesteps]))
         d_real, d_fake = logits.float().chunk(2)
         loss = callbacks.on_loss(state, self.loss_fn(d_real, d_fake), "discriminator").mean()

@@ -27,6 +27,7 @@ from xai_train.explain.integrated_gradients import integrated_gradients
 from xai_train.explain.kernel_shap import kernel_shap
 from xai_train.explain.lime import lime
 from xai_train.explain.occlusion import occlusion
+from xai_train.explain.precision import explanation_input, match_options
 from xai_train.explain.smoothgrad import smoothgrad
 
 METHODS: MappingProxyType[str, Callable[..., Tensor]] = MappingProxyType(
@@ -96,7 +97,10 @@ def attribute(
 ) -> Tensor:
     """Explains D's score of each image with one of :data:`METHODS`, batched, leaving D as it was.
 
-    Pass the unwrapped D (``accelerator.unwrap_model(D)``) and ``fake.detach()``. D is put in eval mode
+    Pass the unwrapped D (``accelerator.unwrap_model(D)``) and ``fake.detach()``. The explanation runs in fp32
+    (fp64 for an fp64 D) whatever the training precision: a forward that ``accelerator.prepare`` wrapped in
+    autocast is bypassed for the call, the images are cast and every tensor option (``baselines``,
+    ``feature_mask``, ...) is moved to their device and dtype (``xai_train.explain.precision``). D is put in eval mode
     (or keeps train mode with BatchNorm momentum 0, ``bn_mode="freeze_stats"``) for the call; its modes,
     BatchNorm statistics, ``requires_grad`` flags, ``.grad`` and hooks are as before afterwards (see
     ``xai_train.explain.base``). Works under ``torch.no_grad()``; ``torch.inference_mode()`` is an error.
@@ -110,7 +114,7 @@ def attribute(
         **options: the method's own options (see each method's function); unknown ones are an error.
 
     Returns:
-        (B, C, H, W) attributions, detached, on the images' device.
+        (B, C, H, W) attributions, detached, on the images' device, in fp32 (fp64 for an fp64 D).
 
     Raises:
         UserError: (a ValueError) unknown method, images that are not a float (B, C, H, W) batch or hold
@@ -136,12 +140,10 @@ def attribute(
     check_images(images)
     check_finite(images, "attribute(): the images", "explanations of them would be meaningless; check the generator")
     check_grad_allowed("attribute()")
-    images = images.detach()
-    if images.is_inference():
-        images = images.clone()  # an inference tensor cannot enter autograd; a clone outside the mode can
-    images.requires_grad_(True)  # a fresh leaf: the caller's tensor is untouched
+    images = explanation_input(images, discriminator)  # a fresh fp32 leaf: the caller's tensor is untouched
+    options = match_options(options, images)  # baselines etc. on the images' device, in their dtype
     model = ScoreModel(discriminator, output)
-    with explaining(discriminator, bn_mode):
+    with explaining(discriminator, bn_mode):  # D in fp32 even when accelerator.prepare autocasts it
         attributions = fn(model, images, **options)
     if tuple(attributions.shape) != tuple(images.shape):
         raise RuntimeError(

@@ -17,6 +17,10 @@ In both modes D's parameters are set to ``requires_grad=False`` for the call (ca
 with respect to the images only, so nothing is lost, D's ``.grad`` cannot change, and a D frozen by the
 trainer for the G step is fine), grad mode is switched on (callers under ``torch.no_grad()`` work), and
 the hooks on D's modules are counted before and after: a leaked hook is an error.
+
+Precision: inside :func:`explaining` D runs in full precision even if ``accelerator.prepare`` wrapped its
+forward in autocast (``xai_train.explain.precision.full_precision``); the entry points cast the images to
+fp32 and move every tensor option to them (``explanation_input``, ``match_options``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from xai_train.checks import check_discriminator_output
 from xai_train.errors import UserError
+from xai_train.explain.precision import full_precision
 
 BN_MODES: tuple[str, ...] = ("eval", "freeze_stats")
 """How BatchNorm behaves during an attribution call (see the module docstring)."""
@@ -110,7 +115,7 @@ def check_grad_allowed(where: str) -> None:
 
 @contextlib.contextmanager
 def explaining(discriminator: nn.Module, bn_mode: str = "eval") -> Iterator[None]:
-    """Puts D in the state an attribution call needs and restores it afterwards.
+    """Puts D in the state an attribution call needs (full precision included) and restores it afterwards.
 
     Args:
         discriminator: the unwrapped D.
@@ -150,7 +155,7 @@ def explaining(discriminator: nn.Module, bn_mode: str = "eval") -> Iterator[None
                 m.momentum = 0.0
         for p in params:
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.enable_grad(), full_precision(discriminator):
             yield
     finally:
         for m, flag in zip(modules, training, strict=True):

@@ -15,6 +15,11 @@ while no supported activation module is running; both name the offending module.
 pieces neither check knows (e.g. ``torch.where(x > 0, x, 0.2 * x)``) is caught by (c): DeepLift's
 summation-to-delta property, sum(attributions) = score(image) − score(baseline), checked on that one
 image. The probe costs about one DeepLift call on a single image.
+
+Precision: the probe runs D in full precision (``xai_train.explain.precision.full_precision``: a forward that
+``accelerator.prepare`` wrapped in autocast is bypassed) on an fp32 copy of the image. If a module still
+computes in bf16/fp16 (autocast inside D's own forward, or a D cast with ``.half()``), the sum can miss by
+bf16's rounding alone; the error then names precision as the cause, not D's architecture.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from xai_train.explain.base import has_train_mode_batch_norm
+from xai_train.explain.precision import LOW_PRECISION, explanation_input, full_precision
 
 CAPTUM_HOOK_WARNING = "Setting forward, backward hooks and attributes on non-linear"
 
@@ -111,7 +117,13 @@ def check_deeplift(model: nn.Module, images: Tensor, baselines: Tensor | float =
             "deeplift: D has BatchNorm using batch statistics, which mixes images and baselines; "
             "use bn_mode='eval' (the default)"
         )
-    image = images[:1].detach().requires_grad_(True)
+    with full_precision(model):
+        _check(model, explanation_input(images[:1], model), baselines)
+
+
+def _check(model: nn.Module, image: Tensor, baselines: Tensor | float) -> None:
+    if isinstance(baselines, Tensor):
+        baselines = baselines.detach().to(device=image.device, dtype=image.dtype)
     supported = {m for m in model.modules() if type(m) in DEEPLIFT_MODULES}
     root = getattr(model, "discriminator", model)  # name modules as "D.<path>", not via the ScoreModel
     names = {m: f"D.{name}" if name else "D" for name, m in root.named_modules()}
@@ -120,6 +132,7 @@ def check_deeplift(model: nn.Module, images: Tensor, baselines: Tensor | float =
     calls: Counter[nn.Module] = Counter()
     stack: list[str] = []
     inside = [0]
+    low_precision: list[str] = []  # modules whose output is bf16/fp16 although D runs in full precision
 
     def pre(module: nn.Module, _inputs: object) -> None:
         stack.append(_describe(names[module], module))
@@ -127,8 +140,10 @@ def check_deeplift(model: nn.Module, images: Tensor, baselines: Tensor | float =
             calls[module] += 1
             inside[0] += 1
 
-    def post(module: nn.Module, _inputs: object, _output: object) -> None:
+    def post(module: nn.Module, _inputs: object, output: object) -> None:
         stack.pop()
+        if isinstance(output, Tensor) and output.dtype in LOW_PRECISION:
+            low_precision.append(f"{_describe(names[module], module)} outputs {output.dtype}")
         if module in supported:
             inside[0] -= 1
 
@@ -154,10 +169,10 @@ def check_deeplift(model: nn.Module, images: Tensor, baselines: Tensor | float =
             f"DeepLift would treat them as linear; use one nn.Module instance per non-linearity, of a "
             f"supported type ({supported_names})"
         )
-    _check_summation(model, image, baselines)
+    _check_summation(model, image, baselines, low_precision)
 
 
-def _check_summation(model: nn.Module, image: Tensor, baselines: Tensor | float) -> None:
+def _check_summation(model: nn.Module, image: Tensor, baselines: Tensor | float, low_precision: list[str]) -> None:
     baseline = baselines[:1] if isinstance(baselines, Tensor) and baselines.dim() == 4 else baselines
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=CAPTUM_HOOK_WARNING)
@@ -167,6 +182,13 @@ def _check_summation(model: nn.Module, image: Tensor, baselines: Tensor | float)
         change = (score - model(torch.zeros_like(image) + baseline)).abs().max().item()
         score = score.abs().max().item()
     if not abs(delta.item()) <= SUMMATION_RTOL * max(change, score) + SUMMATION_ATOL:
+        if low_precision:
+            raise ValueError(
+                f"deeplift: attributions do not sum to score(image) - score(baseline) (off by {delta.item():.3g} "
+                f"for a change of {change:.3g}) because D computes in reduced precision: "
+                f"{'; '.join(dict.fromkeys(low_precision[:3]))}. The check needs fp32: remove the autocast or "
+                "the .half()/.bfloat16() cast inside D (attribute() already bypasses accelerate's autocast)"
+            )
         raise ValueError(
             f"deeplift: attributions do not sum to score(image) - score(baseline) (off by {delta.item():.3g} "
             f"for a change of {change:.3g}); D has a non-linearity captum's DeepLift cannot see "

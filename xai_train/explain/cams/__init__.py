@@ -37,6 +37,7 @@ from xai_train.explain.cams.fullgrad import fullgrad
 from xai_train.explain.cams.gradient import GRADIENT_RULES, gradient_cams, gradient_method
 from xai_train.explain.cams.perturbation import ablationcam, scorecam
 from xai_train.explain.cams.random_cam import randomcam
+from xai_train.explain.precision import explanation_input, match_options
 
 
 def channels_method(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -65,14 +66,14 @@ GRADIENT_CAMS: tuple[str, ...] = tuple(GRADIENT_RULES)
 """The CAMs :func:`all_cams` computes from one pass."""
 
 
-def prepared(images: Tensor, where: str) -> Tensor:
-    """A fresh leaf copy of ``images`` that requires grad (the caller's tensor is untouched)."""
+def prepared(images: Tensor, where: str, model: nn.Module) -> Tensor:
+    """A fresh fp32 leaf copy of ``images`` that requires grad (the caller's tensor is untouched).
+
+    fp32 (fp64 for an fp64 model) whatever the training precision: see ``xai_train.explain.precision``.
+    """
     check_images(images)
     check_grad_allowed(where)
-    images = images.detach()
-    if images.is_inference():
-        images = images.clone()
-    return images.requires_grad_(True)
+    return explanation_input(images, model)
 
 
 def cam(
@@ -95,7 +96,7 @@ def cam(
         **options: the method's options (``layer``, ``relu`` (default True here), ``batch_size``, ...).
 
     Returns:
-        (B, 1, H, W) maps, detached.
+        (B, 1, H, W) maps, detached, computed in fp32 even through a model ``accelerator.prepare`` autocasts.
 
     Example:
         >>> import torch
@@ -112,8 +113,9 @@ def cam(
         options["target"] = target
     if name != "fullgrad":
         options.setdefault("relu", True)  # the papers' maps; the METHODS entries default to the signed map
-    images = prepared(images, "cam()")
-    with explaining(model, bn_mode):
+    images = prepared(images, "cam()", model)
+    options = match_options(options, images)  # a target index tensor on the images' device
+    with explaining(model, bn_mode):  # the model in fp32 even when accelerator.prepare autocasts it
         maps = fn(model, images, **options)
     return maps[:, :1].detach()
 
@@ -140,8 +142,10 @@ def all_cams(
     Returns:
         name -> (B, 1, H, W) maps, detached.
     """
-    images = prepared(images, "all_cams()")
-    with explaining(model, bn_mode):
+    images = prepared(images, "all_cams()", model)
+    if isinstance(target, Tensor):
+        target = target.to(images.device)
+    with explaining(model, bn_mode):  # the model in fp32 even when accelerator.prepare autocasts it
         return gradient_cams(model, images, layer=layer, target=target, relu=relu)
 
 
