@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench device-check clean
+.PHONY: install demo test lint bench device-check device-wheels clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP)
 RESULTS ?= results/device_check
 device-check: $(STAMP)
 	bash scripts/device_check.sh $(RESULTS)
+
+# The wheels an offline GPU machine lacks (diffusers, captum, ...) into wheels/, for
+# `scripts/device_check.sh RESULTS --no-install` there (docs/gpu.md). Needs a registry, not the .venv.
+device-wheels:
+	bash scripts/device_wheels.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
