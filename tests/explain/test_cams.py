@@ -248,3 +248,50 @@ def test_fullgrad_sums_the_normalised_input_and_bias_gradient_maps():
 
     expected = psi(x.detach() * dx) + psi(dh * model[0].bias.detach()[None, :, None, None])
     torch.testing.assert_close(cam(model, IMAGES, "fullgrad"), expected, rtol=1e-5, atol=1e-6)
+
+
+class TwoByTwoD(nn.Module):
+    """16×16 -> conv 8×8 -> conv 4×4 -> conv 2×2 -> linear: its last conv is 2×2, no ``feature_layer``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 4, 2, 1)
+        self.conv2 = nn.Conv2d(4, 6, 4, 2, 1)
+        self.conv3 = nn.Conv2d(6, 8, 4, 2, 1)
+        self.head = nn.Linear(8 * 2 * 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.conv1(x), 0.2)
+        h = F.leaky_relu(self.conv2(h), 0.2)
+        return self.head(F.leaky_relu(self.conv3(h), 0.2).flatten(1))
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_captum_gradcam_and_the_cam_suite_pick_the_same_default_layer_on_a_2x2_last_conv():
+    torch.manual_seed(0)
+    d = TwoByTwoD().eval()
+    captum_map = attribute(d, IMAGES, "gradcam")  # captum LayerGradCam, signed
+    batched = attribute(d, IMAGES, "gradcam_batched")  # the CAM suite, signed
+    on_conv2 = attribute(d, IMAGES, "gradcam_batched", layer=d.conv2)
+    with pytest.warns(UserWarning, match="2×2 map"):
+        on_conv3 = attribute(d, IMAGES, "gradcam_batched", layer=d.conv3)
+    assert relative_difference(on_conv3, on_conv2) > 0.1  # the layers give different maps ...
+    assert relative_difference(captum_map, on_conv2) < 1e-5  # ... and both defaults explain conv2 (4×4)
+    assert relative_difference(batched, on_conv2) < 1e-5
+    assert not torch.equal(captum_map, torch.zeros_like(captum_map))
+
+
+def test_a_default_layer_below_4x4_warns_in_captum_gradcam_and_in_the_suite():
+    # The only spatial conv maps 8×8 -> 2×2: both paths must fall back to it, and both warn.
+    d = nn.Sequential(nn.Conv2d(2, 3, 4, 4), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(12, 1)).eval()
+    x = IMAGES[:, :, :8, :8]
+    with pytest.warns(UserWarning, match=r"outputs a 2×2 map \(< 4×4\)"):
+        captum_map = attribute(d, x, "gradcam")
+    with pytest.warns(UserWarning, match=r"outputs a 2×2 map \(< 4×4\)"):
+        batched = attribute(d, x, "gradcam_batched")
+    assert relative_difference(captum_map, batched) < 1e-5
+    with pytest.warns(UserWarning, match=r"2×2 map"):  # an explicit small layer warns as well
+        attribute(d, x, "gradcam", layer=d[0])

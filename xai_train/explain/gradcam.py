@@ -1,31 +1,67 @@
-"""Grad-CAM of one D layer (captum ``LayerGradCam``), upsampled to the image size."""
+"""Grad-CAM of one D layer (captum ``LayerGradCam``), upsampled to the image size, and the default-layer rule.
+
+:func:`default_layer` is the one rule every CAM uses to pick its layer (``attribute(D, x, "gradcam")`` here,
+and the CAM suite through ``xai_train.explain.cams.base.resolve_layer``); :func:`warn_if_coarse` is the one
+"below 4×4" warning.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from einops import repeat
 from torch import Tensor, nn
 
+MIN_SIDE = 4  # below 4x4 a CAM is a handful of blobs: legal, but worth a warning
+
+
+def warn_if_coarse(layer: nn.Module, height: int, width: int, stacklevel: int = 2) -> None:
+    """The one "below 4×4" warning every CAM gives (captum's ``gradcam`` and the CAM suite alike).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_if_coarse(nn.Identity(), 2, 2)
+        >>> str(caught[0].message)
+        'CAM layer Identity outputs a 2×2 map (< 4×4): the CAM will be very coarse'
+    """
+    if min(height, width) < MIN_SIDE:
+        warnings.warn(
+            f"CAM layer {layer.__class__.__name__} outputs a {height}×{width} map (< {MIN_SIDE}×{MIN_SIDE}): "
+            "the CAM will be very coarse",
+            stacklevel=stacklevel + 1,
+        )
+
 
 def default_layer(discriminator: nn.Module, images: Tensor) -> nn.Module:
-    """The layer Grad-CAM hooks by default.
+    """The layer every CAM hooks by default (captum's ``gradcam`` and the CAM suite use this one rule).
 
-    ``discriminator.feature_layer`` if D defines one (the xai_train models do); otherwise the last
-    ``nn.Conv2d`` whose output map is larger than 1×1 (a DCGAN head maps 4×4 to 1×1, and a 1×1 CAM is
-    constant), found with one forward pass on a two-image slice.
+    1. ``discriminator.feature_layer`` if D defines one (the xai_train models do);
+    2. else the last ``nn.Conv2d`` whose output map is at least 4×4;
+    3. else the last ``nn.Conv2d`` whose output is larger than 1×1 (a coarse map: the CAM warns);
+    4. else an error: a 1×1 map makes every upsampled CAM constant (a DCGAN head maps 4×4 to 1×1).
+
+    The output sizes come from one forward pass on a two-image slice.
 
     Raises:
         ValueError: if D has neither a ``feature_layer`` nor a Conv2d with a spatial output.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 4, 4), nn.Flatten(), nn.Linear(8, 1))
+        >>> default_layer(net, torch.zeros(1, 1, 8, 8)) is net[0]  # net[1] maps to 2×2
+        True
     """
     try:
         return discriminator.feature_layer
     except (AttributeError, NotImplementedError):
         pass
-    sides: dict[nn.Module, int] = {}
+    sides: dict[nn.Module, tuple[int, int]] = {}
 
     def record(module: nn.Module, _inputs: object, output: Tensor) -> None:
-        sides[module] = output.shape[-2] * output.shape[-1]
+        sides[module] = tuple(output.shape[-2:])
 
     convs = [m for m in discriminator.modules() if isinstance(m, nn.Conv2d)]
     handles = [m.register_forward_hook(record) for m in convs]
@@ -35,10 +71,13 @@ def default_layer(discriminator: nn.Module, images: Tensor) -> nn.Module:
     finally:
         for handle in handles:
             handle.remove()
-    spatial = [m for m in convs if sides.get(m, 0) > 1]
+    large = [m for m in convs if m in sides and min(sides[m]) >= MIN_SIDE]
+    if large:
+        return large[-1]
+    spatial = [m for m in convs if m in sides and sides[m][0] * sides[m][1] > 1]
     if not spatial:
         raise ValueError(
-            "gradcam: D has no `feature_layer` and no nn.Conv2d with an output larger than 1×1; "
+            "CAM: D has no `feature_layer` and no nn.Conv2d with an output larger than 1×1; "
             "pass layer=<the module whose output is D's last feature map>"
         )
     return spatial[-1]
@@ -70,5 +109,6 @@ def gradcam(
     cam = LayerGradCam(model, layer).attribute(images, target=None, relu_attributions=relu_attributions)
     if cam.dim() != 4:
         raise ValueError(f"gradcam: layer output must be a (B, K, h, w) map, got CAM shape {tuple(cam.shape)}")
+    warn_if_coarse(layer, *cam.shape[-2:])
     cam = LayerAttribution.interpolate(cam, tuple(images.shape[-2:]), interpolate_mode=interpolate_mode)
     return repeat(cam[:, :1], "b 1 h w -> b c h w", c=images.shape[1])

@@ -16,7 +16,6 @@ A 1×1 layer is an error (every upsampled map would be constant: the trap of tar
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from xai_train.explain.base import ScoreModel
-from xai_train.explain.gradcam import default_layer
-
-MIN_SIDE_WARNING = 4  # below 4x4 a CAM is a handful of blobs: legal, but worth a warning
+from xai_train.explain.gradcam import default_layer, warn_if_coarse
 
 
 @dataclass(frozen=True)
@@ -96,17 +93,14 @@ def check_layer_map(activations: object, layer: nn.Module) -> Tensor:
             f"CAM layer {layer.__class__.__name__} outputs a 1×1 map: every upsampled CAM would be constant "
             "(the trap of targeting a DCGAN head); choose a layer with a spatial map, e.g. D.feature_layer"
         )
-    if min(h, w) < MIN_SIDE_WARNING:
-        warnings.warn(
-            f"CAM layer {layer.__class__.__name__} outputs a {h}×{w} map (< 4×4): the CAM will be very coarse",
-            stacklevel=3,
-        )
+    warn_if_coarse(layer, h, w, stacklevel=3)
     return activations
 
 
 def resolve_layer(model: nn.Module, images: Tensor, layer: nn.Module | None) -> nn.Module:
-    """``layer``, or the default one: D's ``feature_layer``, else its last Conv2d whose map is at least 4×4
-    (else the last one larger than 1×1, which then warns as coarse).
+    """``layer``, or the default one by the rule every CAM shares: :func:`xai_train.explain.gradcam.default_layer`
+    (D's ``feature_layer``, else its last Conv2d whose map is at least 4×4, else the last one larger than 1×1,
+    which then warns as coarse).
 
     ``model`` may be the ``ScoreModel`` wrapper ``attribute`` passes (its ``discriminator`` is searched).
 
@@ -117,26 +111,7 @@ def resolve_layer(model: nn.Module, images: Tensor, layer: nn.Module | None) -> 
     """
     if layer is not None:
         return layer
-    model = model.discriminator if isinstance(model, ScoreModel) else model
-    try:
-        return model.feature_layer
-    except (AttributeError, NotImplementedError):
-        pass
-    sides: dict[nn.Module, tuple[int, int]] = {}
-
-    def record(module: nn.Module, _inputs: object, output: Tensor) -> None:
-        sides[module] = tuple(output.shape[-2:])
-
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles = [m.register_forward_hook(record) for m in convs]
-    try:
-        with torch.no_grad():
-            model(images[:2])
-    finally:
-        for handle in handles:
-            handle.remove()
-    large = [m for m in convs if min(sides.get(m, (0, 0))) >= MIN_SIDE_WARNING]
-    return large[-1] if large else default_layer(model, images)
+    return default_layer(model.discriminator if isinstance(model, ScoreModel) else model, images)
 
 
 def forward_with_layer(model: nn.Module, images: Tensor, layer: nn.Module) -> tuple[Tensor, Tensor]:
