@@ -13,7 +13,7 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from xai_train.ablation.page import publish
+from xai_train.ablation.page import cells_from_page, publish
 from xai_train.ablation.report import write_report
 from xai_train.ablation.results import collect_cells, read_metrics_jsonl
 from xai_train.ablation.spec import AblationSpec, Arm, PlannedComparison
@@ -248,3 +248,15 @@ def test_status_lines_come_right_after_the_title(ablation):
         "",
         "- recipe `recipes/train_gan.py`, base config `base.yaml`; common overrides: none",
     ]
+
+
+def test_a_pages_cells_table_reads_back_as_the_cells(ablation):
+    spec, directory = ablation
+    write_report(spec, directory)
+    back = cells_from_page((directory / "results.md").read_text())
+    written = list(csv.DictReader(open(directory / "cells.csv")))
+    assert [(r["arm"], r["seed"], r["finished"]) for r in back] == [
+        (r["arm"], int(r["seed"]), r["finished"] == "True") for r in written
+    ]
+    assert [r["final_fd"] for r in back if r["finished"]] == [10.0, 12.0, 14.0, 8.0, 9.0, 10.0]
+    assert back[2]["best_fd"] == 13.0 and back[2]["best_fd_step"] == 5 and back[0]["train_seconds"] == 100.0

@@ -161,3 +161,43 @@ def publish(ablation_dir: str | Path, page_path: str | Path) -> list[Path]:
         page = page.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write(page_path, page)
     return [*written, page_path]
+
+
+def cells_from_page(text: str) -> list[dict[str, Any]]:
+    """The per-cell rows of a page's ``## Cells`` table (as ``report.markdown_report`` writes it), as ``cell_row``-like
+    dicts: ``arm``, ``seed``, ``finished``, ``final_<m>``, ``best_<m>``, ``best_<m>_step``, ``train_seconds``.
+
+    For pages whose run folders are gone: the table holds 4 significant digits, enough to re-test them.
+
+    Example:
+        >>> page = "## Cells\\n\\n| arm | seed | final FD | best FD (step) | train time (s) |\\n"
+        >>> page += "|---|---|---|---|---|\\n"
+        >>> page += "| plain | 0 | 378.3 | 370.1 (250) | 233.4 |\\n"
+        >>> page += "| plain | 1 | unfinished | unfinished | unfinished |\\n"
+        >>> cells_from_page(page)  # doctest: +NORMALIZE_WHITESPACE
+        [{'arm': 'plain', 'seed': 0, 'finished': True, 'final_fd': 378.3, 'best_fd': 370.1, 'best_fd_step': 250,
+          'train_seconds': 233.4}, {'arm': 'plain', 'seed': 1, 'finished': False}]
+    """
+    names = {"FD": "fd", "KID": "kid", "precision": "precision", "recall": "recall"}
+    section = text.split("## Cells", 1)[1] if "## Cells" in text else ""
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    if len(lines) < 2:
+        return []
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        values = [cell.strip() for cell in line.strip("|").split("|")]
+        row: dict[str, Any] = {"arm": values[0], "seed": int(values[1]), "finished": "unfinished" not in values}
+        if row["finished"]:
+            for column, value in zip(header[2:], values[2:], strict=True):
+                kind, _, label = column.partition(" ")
+                if column == "train time (s)":
+                    row["train_seconds"] = float(value)
+                elif kind == "final":
+                    row[f"final_{names[label]}"] = float(value)
+                elif kind == "best":
+                    number, _, step = value.partition(" (")
+                    metric = names[label.removesuffix(" (step)")]
+                    row[f"best_{metric}"], row[f"best_{metric}_step"] = float(number), int(step.rstrip(")"))
+        rows.append(row)
+    return rows
