@@ -36,6 +36,7 @@ from xai_train.explain import METHODS
 from xai_train.fingerprint import environment_fingerprint
 from xai_train.generator.bake import bake_target, bake_unit_scale, export_generator
 from xai_train.generator.correct import (
+    check_k,
     k_sweep,
     random_units,
     sequential_correction,
@@ -53,7 +54,7 @@ from xai_train.generator.scorers import (
     save_artifact_classifier,
     train_artifact_classifier,
 )
-from xai_train.generator.units import generate, sample_latents
+from xai_train.generator.units import channel_layers, generate, sample_latents
 from xai_train.images import save_png, to_unit_range
 from xai_train.metrics import ClassifierRecipe, domain_feature_extractor, extract_features
 
@@ -104,6 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
     G, data = run.generator, run.config.data
     for layer in args.layers:
         bake_target(G, layer)  # checks the name, and that the correction can be baked into the weights
+    units = channel_layers(G)
+    for layer in args.layers:  # before any scoring: --k 100 on a 16-unit layer would ablate all of it
+        check_k(args.k, units[layer][0], layer)
+    for k in args.ks:
+        check_k(k, units[args.layers[-1]][0], args.layers[-1])
     if args.dump_samples:  # generations to label by hand: move each into flawed/ or normal/
         images, _ = generate(G, sample_latents(args.num_dump, G.latent_dim, args.seed + 1))
         for i, image in enumerate(images):

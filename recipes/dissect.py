@@ -23,7 +23,7 @@ import time
 import torch
 
 from xai_train.cli import count, run_main
-from xai_train.generator.dissect import THRESHOLD_MODES, add_unit_effects, causal_effects, dissect
+from xai_train.generator.dissection import THRESHOLD_MODES, add_unit_effects, causal_effects, dissect
 from xai_train.generator.report import markdown_table, rows_grid, unit_grid, write_images
 from xai_train.generator.run import parse_run_arguments, run_parser
 from xai_train.generator.segmenter import SegmenterRecipe, load_or_train_segmenter

@@ -98,3 +98,37 @@ def test_sequential_correction_and_k_sweep_beat_the_random_control(planted, late
     assert by[(1, "top")]["fd_flagged"] < 0.5 * by[(0, "none")]["fd_flagged"]
     assert by[(1, "top")]["fd_flagged"] < 0.5 * by[(1, "random")]["fd_flagged"]
     assert by[(1, "top")]["unflagged_change"] < 0.25 * by[(1, "random")]["unflagged_change"]
+
+
+def test_k_outside_1_to_K_and_bad_unit_indices_are_one_line_user_errors(planted, latents):
+    from xai_train.errors import UserError
+    from xai_train.generator.correct import random_units, suppression_scale
+    from xai_train.generator.units import UnitEdit
+
+    G = planted.generator
+    ranking = rank_units(G, LAYER, latents[:40], RareUnitScorer())  # upsample.0.act: 16 units
+    assert len(ranking.scores) == 16
+    assert int((ranking.scale(16) == 0).sum()) == 16  # k = K is legal: the whole layer, asked for
+    for k in (17, 100, 0, -1, 2.0, True):
+        message = r"^k must be a unit count in 1\.\.16 for layer 'upsample\.0\.act'"
+        with pytest.raises(UserError, match=message) as caught:
+            ranking.scale(k)
+        assert "\n" not in str(caught.value) and str(caught.value).endswith(f"got {k!r}")
+    calls = []
+
+    def features(images):
+        calls.append(len(images))
+        return images.mean(dim=(2, 3))
+
+    with pytest.raises(UserError, match=r"1\.\.16 for layer 'upsample\.0\.act' \(16 units\), got 25"):
+        k_sweep(G, ranking, latents[:40], torch.randn(20, 1), features, ks=(1, 25), random_seeds=(0,))
+    assert calls == []  # refused before any arm was generated or measured
+    with pytest.raises(UserError, match=r"got 25"):
+        sequential_correction(G, [LAYER], latents[:40], RareUnitScorer(), k=25)
+    with pytest.raises(UserError, match=r"got 17"):
+        random_units(16, 17, seed=0)
+    for units in ([16], [-1], [3, 3]):
+        with pytest.raises(UserError, match=r"unit indices must"):
+            suppression_scale(16, units)
+    with pytest.raises(UserError, match=r"unit indices must lie in 0\.\.15 \(a layer of 16 units\), got \[-1\]"):
+        UnitEdit.suppress([-1], 16)

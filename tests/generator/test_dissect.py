@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from xai_train.data import make_shapes
-from xai_train.generator.dissect import add_unit_effects, causal_effects, dissect
+from xai_train.generator.dissection import add_unit_effects, causal_effects, dissect
 from xai_train.generator.iou import iou_from_counts, overlap_counts
 
 CONCEPTS = ("circle", "square", "triangle")
@@ -79,3 +79,16 @@ def test_dissection_ranks_the_planted_blob_unit_first(planted, blob_segmenter):
     assert effects["share"][0] > 0  # some samples show the blob
     assert effects["ablate"][0, 0] == 1.0  # ablating the planted unit removes every blob
     assert effects["ablate"][1:, 0].abs().max() < 0.2  # random units do not
+
+
+def test_the_dissection_module_is_not_shadowed_by_the_dissect_function():
+    import importlib
+    import types
+
+    import xai_train.generator
+    import xai_train.generator.dissection as module
+
+    assert isinstance(module, types.ModuleType) and module.__name__ == "xai_train.generator.dissection"
+    assert importlib.import_module("xai_train.generator.dissection") is module
+    assert xai_train.generator.dissect is module.dissect and callable(xai_train.generator.dissect)
+    assert xai_train.generator.dissection is module  # the package attribute is the module, not the function

@@ -56,6 +56,12 @@ def test_the_run_loads_with_its_weights(tiny_run, trained_gan):
         ("correct_units", ["--layers", "to_image.act"], "through 'to_image.act' (Tanh)"),
         ("correct_units", ["--scorer", "classifier", "--scorer-checkpoint", "nope"], "nope.safetensors not found"),
         ("explore", ["--boundary-layer", "head"], "no layer 'head'"),
+        (
+            "correct_units",
+            ["--layers", "upsample.0.act", "--k", "100"],
+            "k must be a unit count in 1..16 for layer 'upsample.0.act' (16 units), got 100",
+        ),
+        ("correct_units", ["--layers", "upsample.0.act", "--ks", "1", "17"], "(16 units), got 17"),
     ],
 )
 def test_user_errors_are_caught_before_any_work(tiny_run, script, extra, message):
@@ -70,6 +76,16 @@ def test_a_user_error_exits_with_code_2(tmp_path, process_groups):
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr == f"error: '{tmp_path}' has no config.yaml; pass a GAN run folder such as runs/demo\n"
+
+
+def test_correct_units_with_k_above_the_layer_exits_2_with_one_line(tiny_run, process_groups):
+    done = process_groups.run(
+        [sys.executable, str(ROOT / "recipes" / "correct_units.py"), str(tiny_run), "--layers", "upsample.0.act",
+         "--k", "100"], timeout=600, capture_output=True, text=True, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": ""},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == "error: k must be a unit count in 1..16 for layer 'upsample.0.act' (16 units), got 100\n"
+    assert not (tiny_run / "correct").exists()  # nothing baked, nothing written
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 import pytest
 import torch
+from torch import nn
 
+from xai_train.errors import UserError
 from xai_train.generator.bake import bake_unit_scale, export_generator
 from xai_train.generator.units import UnitEdit, channel_layers, edit_units, find_layer, generate
 from xai_train.models import DCGANGenerator, PaperMLPGenerator
@@ -77,3 +79,41 @@ def test_export_loads_with_plain_torch(tmp_path):
     z = torch.randn(5, 100)
     with edit_units(G, "upsample.0.act", UnitEdit(scale)):
         assert torch.equal(program(z), G(z))
+
+
+class Residual(nn.Module):
+    """Adds its input back: its output is a new tensor, not its last child's, so it is a layer of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.conv(x))
+
+
+class NestedG(nn.Module):
+    latent_dim = 12
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.project = nn.Sequential(nn.Unflatten(1, (3, 2, 2)), nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()))
+        self.block = Residual()
+        self.to_image = nn.Conv2d(3, 1, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.to_image(self.block(self.project(z)))
+
+
+def test_channel_layers_skip_containers_that_repeat_their_last_child():
+    layers = channel_layers(NestedG())
+    assert list(layers) == ["project.0", "project.1.0", "project.1.1", "block.conv", "block.act", "block", "to_image"]
+    assert layers["block"] == (3, 2, 2)
+    dcgan = channel_layers(DCGANGenerator(image_size=32, channels=1, width=8))
+    assert "project" not in dcgan and "upsample.0" not in dcgan and "upsample" not in dcgan
+    assert dcgan["project.act"] == (32, 4, 4)
+    with pytest.raises(UserError, match=r"^layer 'project' returns the output of its child 'project.1.1'"):
+        find_layer(NestedG(), "project")
+    with pytest.raises(UserError, match=r"layer 'project.1' returns the output of its child 'project.1.1'"):
+        find_layer(NestedG(), "project.1")

@@ -2,8 +2,9 @@
 
 * ``units`` — a layer's channels by name: :func:`find_layer`, :func:`generate` (images + units, chunked,
   with :class:`UnitEdit` scale/insert edits done by removable hooks).
-* ``dissect`` — unit–concept IoU (top-quantile or IQR thresholds) and causal effects of ablating/inserting
-  unit sets; ``segmenter`` trains the concept segmenter on a labelled dataset.
+* ``dissection`` — :func:`dissect`: unit–concept IoU (top-quantile or IQR thresholds) and causal effects of
+  ablating/inserting unit sets (the module was ``dissect.py``, whose name the function shadowed: import
+  ``xai_train.generator.dissection``); ``segmenter`` trains the concept segmenter on a labelled dataset.
 * ``scorers`` and ``correct`` — flag flawed samples and rank units (classifier or −D with CAM pseudo masks,
   or label-free rare units), suppress the top-k globally or layer by layer, with a random-unit control
   and a k-sweep; ``bake`` moves the correction into the weights and exports the generator.
@@ -28,6 +29,8 @@ Example:
 from xai_train.generator.bake import bake_target, bake_unit_scale, export_generator
 from xai_train.generator.correct import (
     UnitRanking,
+    check_k,
+    check_units,
     flag_top,
     k_sweep,
     random_units,
@@ -36,7 +39,7 @@ from xai_train.generator.correct import (
     summarise_sweep,
     suppression_scale,
 )
-from xai_train.generator.dissect import Dissection, add_unit_effects, causal_effects, dissect
+from xai_train.generator.dissection import Dissection, add_unit_effects, causal_effects, dissect
 from xai_train.generator.egbas import explore, region_constraints, supporting_set
 from xai_train.generator.iou import iqr_thresholds, overlap_counts, unit_quantiles
 from xai_train.generator.planted import PlantedBlob, plant_blob
@@ -68,6 +71,8 @@ __all__ = [
     "cam_scorer",
     "causal_effects",
     "channel_layers",
+    "check_k",
+    "check_units",
     "dissect",
     "edit_units",
     "explore",

@@ -13,6 +13,7 @@ random and that more units quickly over-suppress: the controls are not optional.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -57,12 +58,58 @@ class UnitRanking:
         return sorted(range(len(self.scores)), key=lambda k: (-self.scores[k].item(), k))
 
     def scale(self, k: int, strength: float = 1.0) -> Tensor:
-        """(K,) scales suppressing the top ``k`` units by ``strength``."""
+        """(K,) scales suppressing the top ``k`` units by ``strength``; ``k`` must lie in 1..K."""
+        check_k(k, len(self.scores), self.layer)
         return suppression_scale(len(self.scores), self.order[:k], strength)
 
 
+def check_k(k: int, num_units: int, layer: str = "the layer") -> int:
+    """``k`` if it is a unit count in 1..K, else a :class:`UserError` naming the layer and its K.
+
+    A ``k`` above K would suppress the whole layer (and make the random control the same whole layer);
+    a negative one would slice from the end (``order[:-1]`` is K − 1 units).
+
+    Example:
+        >>> check_k(3, 16, "project.act")
+        3
+        >>> check_k(100, 16, "project.act")
+        Traceback (most recent call last):
+        ...
+        xai_train.errors.UserError: k must be a unit count in 1..16 for layer 'project.act' (16 units), got 100
+    """
+    try:
+        count = operator.index(k)  # ints and numpy/torch integers; never a float or a bool
+    except TypeError:
+        count = None
+    if count is None or isinstance(k, bool) or not 1 <= count <= num_units:
+        raise UserError(f"k must be a unit count in 1..{num_units} for layer '{layer}' ({num_units} units), got {k!r}")
+    return count
+
+
+def check_units(units: Sequence[int], num_units: int) -> list[int]:
+    """``units`` as a list if every index lies in 0..K−1, no index twice, else a :class:`UserError`.
+
+    Example:
+        >>> check_units([3, 0], 4)
+        [3, 0]
+        >>> check_units([-1], 4)
+        Traceback (most recent call last):
+        ...
+        xai_train.errors.UserError: unit indices must lie in 0..3 (a layer of 4 units), got -1 in [-1]
+    """
+    units = [int(u) for u in units]
+    bad = [u for u in units if not 0 <= u < num_units]
+    if bad:
+        raise UserError(
+            f"unit indices must lie in 0..{num_units - 1} (a layer of {num_units} units), got {bad[0]} in {units}"
+        )
+    if len(set(units)) != len(units):
+        raise UserError(f"unit indices must be distinct, got {units}")
+    return units
+
+
 def suppression_scale(num_units: int, units: Sequence[int], strength: float = 1.0) -> Tensor:
-    """(K,) ones, with ``1 − strength`` at ``units``.
+    """(K,) ones, with ``1 − strength`` at ``units`` (indices in 0..K−1).
 
     Example:
         >>> suppression_scale(4, [2], 0.75).tolist()
@@ -70,6 +117,7 @@ def suppression_scale(num_units: int, units: Sequence[int], strength: float = 1.
     """
     if not 0 <= strength <= 1:
         raise UserError(f"suppression strength must lie in [0, 1], got {strength}")
+    units = check_units(units, num_units)
     scale = torch.ones(num_units)
     scale[torch.as_tensor(list(units), dtype=torch.long)] = 1 - strength
     return scale
@@ -82,6 +130,7 @@ def random_units(num_units: int, k: int, seed: int, exclude: Sequence[int] = ())
         >>> random_units(10, 3, seed=0) == random_units(10, 3, seed=0)
         True
     """
+    check_k(k, num_units)
     pool = [u for u in range(num_units) if u not in set(exclude)]
     if len(pool) < k:
         pool = list(range(num_units))
@@ -265,7 +314,7 @@ def k_sweep(
         latents: the latents the ranking was made on.
         real_features: (M, D) real features.
         features: images -> features.
-        ks: unit counts.
+        ks: unit counts, each in 1..K (else a :class:`UserError`, before any sample is generated).
         strength: suppression strength.
         random_seeds: one random control per seed.
         corrections: corrections of *other* layers applied in every arm (sequential correction).
@@ -286,12 +335,14 @@ def k_sweep(
         >>> [(row["k"], row["arm"]) for row in rows]
         [(0, 'none'), (1, 'top'), (2, 'top'), (1, 'random'), (2, 'random')]
     """
+    num_units = len(ranking.scores)
+    for k in ks:  # before any generation: one bad k is an error, not a whole-layer arm
+        check_k(k, num_units, ranking.layer)
     fixed = {name: scale for name, scale in (corrections or {}).items() if name != ranking.layer}
     before, _ = generate(generator, latents, batch_size=batch_size, edits=fixed)
     flagged = ranking.flagged
     baseline = correction_metrics(before, before, flagged, real_features, features)
     rows: list[dict[str, object]] = [{"k": 0, "arm": "none", "seed": -1, "units": [], **baseline}]
-    num_units = len(ranking.scores)
     arms = [(k, "top", -1, ranking.order[:k]) for k in ks]
     arms += [(k, "random", seed, random_units(num_units, k, seed)) for k in ks for seed in random_seeds]
     for k, arm, seed, units in tqdm(arms, desc=f"k-sweep {ranking.layer}", disable=not progress):

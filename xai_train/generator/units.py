@@ -22,7 +22,9 @@ from xai_train.errors import UserError
 def channel_layers(generator: nn.Module, latent_dim: int | None = None) -> dict[str, tuple[int, int, int]]:
     """Names of the generator's submodules whose output is a (B, K, h, w) map, with (K, h, w), in call order.
 
-    Found with one forward pass on two zero latents (in eval mode, restored afterwards).
+    Found with one forward pass on two zero latents (in eval mode, restored afterwards). A container whose
+    output is its last child's output tensor (``project`` of a ``project.act`` block) is not listed: it has
+    the same units as that child, and an edit hook on both would apply twice.
 
     Args:
         generator: maps (B, latent_dim) latents to images.
@@ -34,16 +36,32 @@ def channel_layers(generator: nn.Module, latent_dim: int | None = None) -> dict[
     Example:
         >>> from xai_train.models import DCGANGenerator
         >>> layers = channel_layers(DCGANGenerator(image_size=32, channels=1, width=8))
-        >>> layers["project.act"], layers["upsample.0.act"]
-        ((32, 4, 4), (16, 8, 8))
+        >>> layers["project.act"], layers["upsample.0.act"], "project" in layers
+        ((32, 4, 4), (16, 8, 8), False)
     """
+    return probe_layers(generator, latent_dim)[0]
+
+
+def probe_layers(
+    generator: nn.Module, latent_dim: int | None = None
+) -> tuple[dict[str, tuple[int, int, int]], dict[str, str]]:
+    """``(channel_layers, {container: the layer whose output tensor it returns})`` from one forward pass."""
     latent_dim = latent_dim or generator.latent_dim
     found: dict[str, tuple[int, int, int]] = {}
+    repeats: dict[str, str] = {}
+    owners: list[tuple[Tensor, str]] = []  # outputs already listed (kept alive, so `is` stays meaningful)
     names = {module: name for name, module in generator.named_modules() if name}
 
     def record(module: nn.Module, _inputs: object, output: object) -> None:
-        if isinstance(output, Tensor) and output.dim() == 4 and names[module] not in found:
-            found[names[module]] = tuple(output.shape[1:])
+        name = names[module]
+        if not isinstance(output, Tensor) or output.dim() != 4 or name in found or name in repeats:
+            return
+        owner = next((owner for tensor, owner in owners if tensor is output), None)
+        if owner is not None:  # hooks of children run first: this container hands back a child's tensor
+            repeats[name] = owner
+            return
+        found[name] = tuple(output.shape[1:])
+        owners.append((output, name))
 
     handles = [module.register_forward_hook(record) for module in names]
     was_training = generator.training
@@ -57,7 +75,7 @@ def channel_layers(generator: nn.Module, latent_dim: int | None = None) -> dict[
         generator.train(was_training)
         for handle in handles:
             handle.remove()
-    return found
+    return found, repeats
 
 
 def find_layer(generator: nn.Module, name: str) -> nn.Module:
@@ -72,14 +90,15 @@ def find_layer(generator: nn.Module, name: str) -> nn.Module:
 
     Raises:
         UserError: the generator has no such module (the message lists the valid names), or the module's
-            output is not a channel map, or the generator has no layer with channel maps at all.
+            output is not a channel map (or only repeats a child's: the message names the child), or the
+            generator has no layer with channel maps at all.
 
     Example:
         >>> from xai_train.models import DCGANGenerator
         >>> find_layer(DCGANGenerator(image_size=32, channels=1, width=8), "project.act")
         ReLU()
     """
-    layers = channel_layers(generator)
+    layers, repeats = probe_layers(generator)
     if not layers:
         raise UserError(
             f"generator {type(generator).__name__} has no layer with (B, K, h, w) channel maps, so it has no "
@@ -91,6 +110,8 @@ def find_layer(generator: nn.Module, name: str) -> nn.Module:
         raise UserError(
             f"generator {type(generator).__name__} has no layer {name!r}; layers with channel maps: {valid}"
         )
+    if name in repeats:
+        raise UserError(f"layer {name!r} returns the output of its child {repeats[name]!r}: name {repeats[name]!r}")
     if name not in layers:
         raise UserError(
             f"layer {name!r} of {type(generator).__name__} does not output (B, K, h, w) channel maps; "
@@ -130,8 +151,13 @@ class UnitEdit:
             >>> UnitEdit.suppress([1], 3, strength=0.5).scale
             tensor([1.0000, 0.5000, 1.0000])
         """
+        indices = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+        if indices.numel() and (indices.min() < 0 or indices.max() >= num_units):
+            raise UserError(
+                f"unit indices must lie in 0..{num_units - 1} (a layer of {num_units} units), got {indices.tolist()}"
+            )
         scale = torch.ones(num_units)
-        scale[torch.as_tensor(units, dtype=torch.long)] = 1.0 - strength
+        scale[indices] = 1.0 - strength
         return UnitEdit(scale)
 
     def apply(self, output: Tensor) -> Tensor:
