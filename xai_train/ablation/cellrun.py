@@ -344,8 +344,9 @@ def run_cell(
         if process is not None:
             stop_group(process.pid, grace=0.0 if status != "interrupted" else STOP_GRACE_S)  # leftover children
         seconds = time.time() - start
-        append_attempt(
-            directory, {**holder, "event": "end", "time": time.time(), "status": status, "returncode": returncode}
-        )
+        end = {"event": "end", "time": time.time(), "status": status, "returncode": returncode}
+        if process is not None:
+            end["recipe_pid"] = process.pid  # its process group id too: tests check that nothing is left
+        append_attempt(directory, {**holder, **end})
         lease.__exit__(None, None, None)
     return AttemptResult(request.key, status, returncode, seconds, str(log), attempt=attempt)
