@@ -4,12 +4,14 @@ adversarial example they are compared with.
 Both minimise the cross-entropy CE(f(clip(x)), target) with Adam and stop an image once p_target ≥ ``p_stop``
 (0.99 in the paper): the counterfactual moves the latent z of a generator (x = g(z), starting at z₀ = g⁻¹(x)),
 the adversarial example moves the pixels. A whole batch is one optimisation; an image that reached the target
-keeps its value (masked update), so each image's result does not depend on its batch.
+keeps its value (masked update), so each image's result does not depend on its batch. A start image (x, or
+g(z₀)) outside [-1, 1] is clipped like every later one, with one warning per call.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -68,6 +70,28 @@ def as_targets(target: int | Tensor, batch: int, num_classes: int) -> Tensor:
     return targets
 
 
+def warn_if_outside(start: Tensor, search: str) -> None:
+    """One warning when start images (B, C, H, W) leave [-1, 1]: the search clips them before f sees them.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_if_outside(torch.tensor([[[[0.5, 2.0]]], [[[0.0, 0.1]]]]), "adversarial")
+        >>> str(caught[0].message)[:71]
+        'adversarial: 1 of 2 start images lie outside [-1, 1] (values in [0, 2])'
+    """
+    outside = reduce((start.abs() > 1).float(), "b ... -> b", "max").bool()
+    if outside.any():
+        low, high = start.min().item(), start.max().item()
+        warnings.warn(
+            f"{search}: {int(outside.sum())} of {len(start)} start images lie outside [-1, 1] "
+            f"(values in [{low:.3g}, {high:.3g}]); they are clipped to [-1, 1] before the classifier sees them, so "
+            "the search starts from the clipped image: pass images scaled to [-1, 1] (x * 2 - 1 for [0, 1] images)",
+            stacklevel=4,
+        )
+
+
 def _ascend(
     params: Tensor,
     render: Callable[[Tensor], Tensor],
@@ -91,7 +115,10 @@ def _ascend(
     for step in tqdm(range(max_steps + 1), desc=desc, disable=not progress):
         # Only the images still searching go through the models: the batch shrinks as images reach the target.
         rows = active.nonzero()[:, 0]
-        images = render(params[rows]).clamp(-1, 1)
+        images = render(params[rows])
+        if step == 0:
+            warn_if_outside(images.detach(), desc)
+        images = images.clamp(-1, 1)
         logits = classifier(images)
         p_target = logits.softmax(dim=1).gather(1, targets[rows, None])[:, 0].detach()
         if record_every and step % record_every == 0:
