@@ -53,6 +53,7 @@ from xai_train.benchmarks import (
     one_step,
     refill_seconds_per_step,
     sampling_seconds_per_image,
+    synchronize,
     time_interleaved,
     trace_rss,
 )
@@ -63,6 +64,7 @@ from xai_train.config import load_config
 from xai_train.config.diffusion import DiscriminatorConfig
 from xai_train.config.gan import GANExperiment
 from xai_train.data import build_dataset
+from xai_train.explain.cams import CAM_METHODS
 from xai_train.models import build_gan
 from xai_train.threads import configure_threads
 from xai_train.trainers.diffusion import DiffusionTrainer
@@ -71,7 +73,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "gan"
 ARCH_RECIPES = {"dcgan": CONFIGS / "dcgan_digits.yaml", "paper_mlp": CONFIGS / "xaigan_paper_digits.yaml"}
 DEFAULT_METHODS = ("grad", "saliency", "input_x_gradient", "deeplift", "gradcam", "smoothgrad", "deeplift_shap")
 SHAP_METHODS = ("deeplift_shap", "gradient_shap")
-SPATIAL_ONLY = ("gradcam",)  # needs a convolutional feature map: not defined on the paper's MLP
+# CAMs need a convolutional feature map (B, K, h, w): not defined on the paper's MLP (FullGrad uses biases only)
+SPATIAL_ONLY = ("gradcam", *(name for name in CAM_METHODS if name != "fullgrad"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,7 +141,10 @@ def gan_suite(args: argparse.Namespace) -> str:
             model_options = {"g_width": args.width, "d_width": args.width}
         for batch_size in args.batch_sizes:
             train = dataclasses.replace(recipe.train, batch_size=batch_size, mixed_precision=args.mixed_precision)
-            methods = [None] + [m for m in args.methods if not (arch == "paper_mlp" and m in SPATIAL_ONLY)]
+            skipped = [m for m in args.methods if arch == "paper_mlp" and m in SPATIAL_ONLY]
+            if skipped:
+                print(f"{arch}: skipping {', '.join(skipped)} (CAMs need a convolutional feature map)", flush=True)
+            methods = [None] + [m for m in args.methods if m not in skipped]
             arms = {
                 arm_name(m, args): make_gan_arm(
                     arch,
@@ -218,8 +224,10 @@ def fam_refresh_seconds_per_step(trainer: DiffusionTrainer, callback: SelfRefini
     """
     if callback.fam_reduce != "batch_mean":
         return 0.0
+    synchronize(trainer.accelerator.device)  # on CUDA: time the refresh's kernels, not their launches
     start = time.perf_counter()
     callback.refresh_fam(trainer.state)
+    synchronize(trainer.accelerator.device)
     return (time.perf_counter() - start) / cycle
 
 

@@ -21,6 +21,7 @@ from xai_train.callback import Callback
 from xai_train.config.diffusion import DiffusionTrainConfig, DiscriminatorConfig
 from xai_train.diffusion.discriminator import TimeConditionedDiscriminator
 from xai_train.diffusion.models import build_noise_scheduler, build_unet
+from xai_train.distributed import synchronize
 from xai_train.trainers.diffusion import DiffusionTrainer, Sampler
 
 
@@ -128,9 +129,12 @@ def refill_seconds_per_step(trainer: DiffusionTrainer, refresh_every: int, repea
     """
     if trainer.adversary is None or trainer.adversary.buffer is None:
         return 0.0
+    device = trainer.accelerator.device
+    synchronize(device)  # on CUDA the timer must see the refill's kernels finish, not only their launch
     start = time.perf_counter()
     for _ in range(repeats):
         trainer.refresh_replay_buffer()
+    synchronize(device)
     return (time.perf_counter() - start) / repeats / refresh_every
 
 
@@ -153,6 +157,8 @@ def sampling_seconds_per_image(trainer: DiffusionTrainer, num_images: int = 8, n
     """
     generator = torch.Generator().manual_seed(0)
     trainer.sample(1, 2, generator)  # warm-up
+    synchronize(trainer.accelerator.device)
     start = time.perf_counter()
     trainer.sample(num_images, num_inference_steps, generator)
+    synchronize(trainer.accelerator.device)
     return (time.perf_counter() - start) / num_images

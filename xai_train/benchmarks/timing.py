@@ -14,18 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-
-def synchronize(device: torch.device) -> None:
-    """Waits for the device's queued work (a no-op on the CPU), so that a timer measures the step itself.
-
-    Args:
-        device: the device the step runs on.
-
-    Example:
-        >>> synchronize(torch.device("cpu"))  # nothing to wait for
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from xai_train.distributed import synchronize  # re-exported: benchmarks time with it
 
 
 @dataclass

@@ -10,6 +10,7 @@ import json
 import pickle
 import random
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -197,9 +198,26 @@ def culprit(folder: Path) -> CheckpointError | None:
 
 
 def restore_rng(states: Mapping[str, Any]) -> None:
-    """Sets the python, numpy and torch (and CUDA, when saved and present) RNGs."""
+    """Sets the python, numpy and torch (and CUDA, when saved and present) RNGs.
+
+    A process saves one CUDA state per visible GPU. Resumed where fewer GPUs are visible, the first
+    ``min(saved, available)`` states are restored and a warning says how many were dropped (the later GPUs'
+    random streams then start afresh); ``torch.cuda.set_rng_state_all`` would fail on the missing devices.
+
+    Example:
+        >>> restore_rng({"random_state": random.getstate(), "numpy_random_seed": np.random.get_state(),
+        ...              "torch_manual_seed": torch.get_rng_state()})
+    """
     random.setstate(states["random_state"])
     np.random.set_state(states["numpy_random_seed"])
     torch.set_rng_state(states["torch_manual_seed"])
     if "torch_cuda_manual_seed" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
+        saved = list(states["torch_cuda_manual_seed"])
+        available = torch.cuda.device_count()
+        if len(saved) > available:
+            warnings.warn(
+                f"the checkpoint holds CUDA RNG states of {len(saved)} GPUs, this process sees {available}: "
+                f"restoring the first {available}; random draws on the other GPUs will differ from the saved run",
+                stacklevel=2,
+            )
+        torch.cuda.set_rng_state_all(saved[:available])

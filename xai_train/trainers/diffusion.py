@@ -35,7 +35,8 @@ from xai_train.diffusion import (
 )
 from xai_train.diffusion.models import build_ema, build_optimization, ddim_for
 from xai_train.diffusion.pipeline import export_pipeline
-from xai_train.ema import ema_weights
+from xai_train.distributed import rank_consistent
+from xai_train.ema import ema_weights, load_ema_state
 from xai_train.images import make_grid, save_grid, save_png, to_unit_range
 from xai_train.tracking import StepTimer, make_accelerator, start_run
 from xai_train.trainers.loop import TrainingLoop
@@ -181,7 +182,8 @@ class DiffusionTrainer(TrainingLoop):
     # --- pieces of a step -----------------------------------------------------------------------------
     def _plan(self, clean: Tensor, plan: NoisePlan) -> NoisePlan:
         """The callbacks' final plan for ``clean``, with ``x_t`` built once (``plan.noisy``)."""
-        plan = self.callbacks.on_diffusion_noise(self.state, clean, plan)
+        with rank_consistent(self.accelerator, "on_diffusion_noise"):  # a rank-local refusal stops every rank
+            plan = self.callbacks.on_diffusion_noise(self.state, clean, plan)
         if plan.timesteps.dim() != 1:
             raise ValueError("UNet2DModel takes one timestep per sample; a callback returned per-pixel timesteps")
         alphas = self.noise_scheduler.alphas_cumprod
@@ -333,8 +335,7 @@ class DiffusionTrainer(TrainingLoop):
         self.batches.load_state_dict(state["batches"])
         self.noise_rng.set_state(state["noise_rng"])
         if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
-            self.ema.to(self.accelerator.device)
+            load_ema_state(self.ema, state["ema"], self.accelerator.unwrap_model(self.unet))
         if self.adversary is not None and "adversary" in state:
             self.adversary.load_state_dict(state["adversary"], self.accelerator.device)
 

@@ -21,7 +21,8 @@ from xai_train.checkpoint import CheckpointManager
 from xai_train.checks import check_discriminator_output, check_generator_output
 from xai_train.config.gan import GANTrainConfig
 from xai_train.data import TensorBatches
-from xai_train.ema import ema_weights
+from xai_train.distributed import rank_consistent
+from xai_train.ema import ema_weights, load_ema_state
 from xai_train.errors import UserError
 from xai_train.images import save_grid
 from xai_train.tracking import StepTimer, make_accelerator, start_run
@@ -172,7 +173,9 @@ class GANTrainer(TrainingLoop):
         with frozen(discriminator):
             with acc.autocast():
                 d_fake = discriminator(fake)
-            self.callbacks.on_generator_forward(self.state, fake, d_fake, discriminator)
+            # an explainer refusing this rank's fakes (NaN after an fp16 overflow) stops every rank alike
+            with rank_consistent(acc, "on_generator_forward"):
+                self.callbacks.on_generator_forward(self.state, fake, d_fake, discriminator)
             with acc.autocast():
                 loss_map = generator_loss(d_fake, cfg.loss, cfg.generator_label)
             loss_map = self.callbacks.on_loss(self.state, loss_map, "generator")
@@ -248,8 +251,8 @@ class GANTrainer(TrainingLoop):
     def load_trainer_state(self, state: Mapping[str, Any]) -> None:
         self.batches.load_state_dict(state["batches"])
         self.latent_rng.set_state(state["latent_rng"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
+        if self.ema is not None and "ema" in state:  # loaded on the CPU: back to G's device
+            load_ema_state(self.ema, state["ema"], self.accelerator.unwrap_model(self.generator))
 
     def progress_postfix(self, logs: Mapping[str, float]) -> dict[str, str]:
         return {"d": f"{logs['d_loss']:.3f}", "g": f"{logs['g_loss']:.3f}"}

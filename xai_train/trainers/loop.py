@@ -20,7 +20,7 @@ from xai_train.atomic import atomic_write
 from xai_train.callback import CallbackList, TrainState
 from xai_train.checkpoint import CheckpointManager
 from xai_train.data import TensorBatches
-from xai_train.distributed import failures_on_any_rank
+from xai_train.distributed import failures_on_any_rank, synchronize
 from xai_train.errors import NonFiniteTrainingError
 from xai_train.fingerprint import environment_fingerprint
 from xai_train.tracking import StepTimer, progress_bar
@@ -160,8 +160,10 @@ class TrainingLoop:
         last_logs: dict[str, float] = {}
         try:  # an error (a NaN loss, a user error) prints below a closed progress bar
             while state.step < cfg.max_steps:
+                synchronize(acc.device)  # on CUDA: time the step's kernels, not their launches
                 with self.timer:
                     stats = self.train_step()
+                    synchronize(acc.device)
                 state.step += 1
                 state.epoch = self.batches.epoch
                 logs = {"step_time": self.timer.last}
