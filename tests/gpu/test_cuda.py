@@ -162,3 +162,97 @@ def test_benchmark_arms_time_on_cuda():
     timings = time_interleaved({"vanilla": one_step(arm)}, steps=2, warmup=1, device=arm.accelerator.device)
     assert len(timings["vanilla"].times) == 2
     assert timings["vanilla"].peak_mb > 0
+
+
+# --- mixed precision and devices (issue 18) ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("saliency", {}),
+        ("deeplift", {}),
+        ("integrated_gradients", {"n_steps": 8}),
+        ("gradient_shap", {"baselines": digits_like(6, 16)}),
+        ("gradcam", {}),
+        ("layercam", {}),
+    ],
+)
+def test_explainers_through_a_bf16_prepared_d_on_cuda_equal_fp32(method, options):
+    """accelerate's bf16 autocast wrapper is bypassed: the same fp32 kernels run (cuDNN may pick others)."""
+    from accelerate import Accelerator
+
+    fresh_accelerate_state()
+    torch.manual_seed(0)
+    reference_d = SmallD().cuda()
+    prepared = Accelerator(mixed_precision="bf16").prepare(SmallD().cuda())
+    prepared.load_state_dict(reference_d.state_dict())
+    images = digits_like(4, 16).cuda()
+    torch.manual_seed(1)
+    reference = attribute(reference_d, images, method, **options)
+    torch.manual_seed(1)
+    got = attribute(prepared, images, method, **options)  # CPU baselines: moved to CUDA by attribute
+    assert got.is_cuda and got.dtype == torch.float32
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-6 * max(scale, 1.0))
+
+
+def test_gradient_shap_with_cpu_dataset_baselines_on_cuda_equals_cuda_baselines():
+    torch.manual_seed(0)
+    discriminator = SmallD().cuda()
+    images, baselines = digits_like(4, 16).cuda(), digits_like(8, 16)  # dataset.images stay on the CPU
+    torch.manual_seed(2)
+    from_cpu = attribute(discriminator, images, "gradient_shap", baselines=baselines)
+    torch.manual_seed(2)
+    from_cuda = attribute(discriminator, images, "gradient_shap", baselines=baselines.cuda())
+    assert from_cpu.is_cuda
+    torch.testing.assert_close(from_cpu, from_cuda, rtol=0.0, atol=0.0)
+
+
+def test_gan_fp16_grad_scaler_steps_stay_finite_with_an_explainer():
+    losses, arm = gan_losses(cpu=False, mixed_precision="fp16", callbacks=[XAIGradientMask("deeplift")], steps=3)
+    assert arm.accelerator.scaler is not None
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in losses)
+    assert all(torch.isfinite(p).all() for p in arm.generator.parameters())
+
+
+def test_srd_projections_stay_finite_through_an_fp16_overflow_step():
+    from callbacks import SelfRefiningDiffusion
+
+    fresh_accelerate_state()
+    images, box = digits_like(32, 16), []
+    callback = SelfRefiningDiffusion(
+        lambda n, steps, generator: box[0].sample(n, steps, generator), images, first_process=0, fam_cycle=100,
+        num_samples=4, sample_steps=2, highlighter_samples=8, highlighter_epochs=1, highlighter_width=4,
+    )  # fmt: skip
+    arm = make_diffusion_arm(
+        images, batch_size=8, block_out_channels=(16, 32), mixed_precision="fp16", callbacks=lambda a, _: [callback]
+    )
+    box.append(arm)
+    arm.callbacks.on_train_start(arm.state)
+    step = step_fn(arm)
+    step()  # trains the highlighter, makes the FAM, steps the projections on unscaled gradients
+    arm.accelerator.scaler.update(new_scale=2.0**127)  # the next backward overflows for sure
+    before = [p.detach().clone() for p in callback.attention.projections.parameters()]
+    step()
+    after = list(callback.attention.projections.parameters())
+    assert callback.projection_overflows >= 1
+    assert all(torch.isfinite(p).all() for p in after)
+    assert all(torch.equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+def test_gan_resume_on_cuda_keeps_the_ema_on_the_gpu(tmp_path):
+    from xai_train.models import build_gan
+    from xai_train.trainers import GANTrainer
+
+    def trainer(max_steps: int) -> GANTrainer:
+        fresh_accelerate_state()
+        torch.manual_seed(0)
+        generator, discriminator = build_gan("dcgan", image_size=32, channels=1, g_width=8, d_width=8)
+        config = GANTrainConfig(
+            batch_size=8, max_steps=max_steps, ema_decay=0.9, sample_every=0, checkpoint_every=1, log_every=1
+        )
+        return GANTrainer(generator, discriminator, digits_like(), config, run_dir=tmp_path, resume="auto")
+
+    trainer(2).train()
+    resumed = trainer(4)
+    assert resumed.train()["steps"] == 4  # ema.step after the resume would fail on mixed devices
+    assert all(p.is_cuda for p in resumed.ema.shadow_params)
