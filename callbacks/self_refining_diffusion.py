@@ -15,7 +15,8 @@ with ``g`` of the current FAM), which the recipe makes the run's sampler (``self
 
 Hand-written loop: call ``on_train_start`` once, ``on_diffusion_noise`` before noising (use the returned plan's
 ``noise_scale``, and build the ε target from ``noise`` when ``plan.scaled_target`` is False) and
-``on_before_optimizer_step`` before the UNet's optimizer step (it steps the projections).
+``on_before_optimizer_step`` before the UNet's optimizer step (it steps the projections: on unscaled gradients
+under fp16's GradScaler, and not at all on an overflow step, counted in ``srd/projection_overflows``).
 """
 
 from __future__ import annotations
