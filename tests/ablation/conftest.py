@@ -33,7 +33,7 @@ TINY_GAN = {  # the tiny GAN of test_ablation_e2e.py: a cell costs ~15 s, mostly
     "xai.log_every": 0,
 }
 # long enough to be pre-empted between two checkpoints (~30 ms a step), evaluated once at the end
-LONG_GAN = {**TINY_GAN, "train.max_steps": 200, "train.checkpoint_every": 20, "eval.every_n_steps": 200}
+LONG_GAN = {**TINY_GAN, "train.max_steps": 400, "train.checkpoint_every": 20, "eval.every_n_steps": 400}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -166,3 +166,9 @@ def ray_cluster():
     print(f"\nray head up in {time.perf_counter() - start:.1f} s")
     yield "127.0.0.1:6399"
     subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def sweeps():
+    """This module's helpers (TINY_GAN, LONG_GAN, write_spec, ablate, ...) for the test files."""
+    return sys.modules[__name__]

@@ -218,6 +218,19 @@ def _child_setup() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def exited(pid: int) -> bool:
+    """Whether the process ``pid`` is gone or a zombie (dead, not yet waited for by its parent).
+
+    Example:
+        >>> exited(os.getpid())
+        False
+    """
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def stop_group(pid: int, grace: float = STOP_GRACE_S) -> None:
     """SIGTERM the process group led by ``pid``, SIGKILL what is left after ``grace`` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
@@ -226,11 +239,7 @@ def stop_group(pid: int, grace: float = STOP_GRACE_S) -> None:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
+        while time.monotonic() < deadline and not exited(pid):
             time.sleep(0.05)
 
 
