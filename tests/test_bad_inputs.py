@@ -104,7 +104,7 @@ CLI_CASES = [
     ("train_gan", ["eval.metrics=[fd]", "eval.monitor=kid"], ["eval.monitor='kid'", "['fd']"]),
     ("train_gan", ["run.seed=-1"], ["run.seed=-1", ">= 0"]),
     ("train_gan", ["data.name=mnist"], ["data.root=''", "set data.root=<folder with the MNIST IDX files"]),
-    ("train_gan", ["data.name=foo"], ["data.name='foo'", "digits, shapes"]),
+    ("train_gan", ["data.name=foo"], ["data.name='foo'", "digits, mnist5k, shapes"]),
     ("train_gan", ["data.root={tmp}"], ["data.root=", "'digits' is built in and takes no root"]),
     ("train_diffusion", ["data.name=cifar10"], ["data.root=''", "set data.root="]),
     (
