@@ -70,14 +70,28 @@ def metric_columns(path: Path) -> dict[str, dict[str, str]]:
     return rows
 
 
+def live_members(group: int) -> list[int]:
+    """Processes of process group ``group`` that are alive (zombies, dead and waiting to be reaped, are not)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
 def assert_nothing_left(cell: Path) -> None:
     """Every recipe process group an attempt of ``cell`` started is gone (by process group id, not by name)."""
     from xai_train.ablation.cellrun import read_attempts
 
     groups = [record["recipe_pid"] for record in read_attempts(cell) if "recipe_pid" in record]
-    for group in groups:
-        with pytest.raises(ProcessLookupError):
-            os.killpg(group, 0)
+    deadline = time.monotonic() + 5.0  # a SIGKILL is sent at once, the death follows shortly
+    while any(live_members(group) for group in groups) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert groups and not any(live_members(group) for group in groups)
 
 
 class SessionGroups:
