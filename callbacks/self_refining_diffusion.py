@@ -394,6 +394,4 @@ class SelfRefiningDiffusion(Callback):
         if self.online is not None and "online" in state:
             self.online.load_state_dict(state["online"])
         if self.buffer is not None and "buffer" in state:
-            self.buffer.load_state_dict(state["buffer"])  # checkpoints load on the CPU: follow the UNet's device
-            if self.buffer.images is not None:
-                self.buffer.images = self.buffer.images.to(device)
+            self.buffer.load_state_dict(state["buffer"], device)  # checkpoints load on the CPU

@@ -32,6 +32,9 @@ def test_state_dict_round_trip():
     assert torch.equal(restored.images, buffer.images) and len(restored) == 4
     assert restored.next_index == buffer.next_index and restored.last_refresh == 3
     assert not restored.needs_refresh(5) and restored.needs_refresh(6)
+    on_meta = ReplayBuffer(capacity=4, refresh_every=3)
+    on_meta.load_state_dict(buffer.state_dict(), device="meta")
+    assert on_meta.images.device.type == "meta" and on_meta.images.shape == buffer.images.shape
     empty = ReplayBuffer(capacity=2, refresh_every=1)
     empty.load_state_dict(ReplayBuffer(capacity=2, refresh_every=1).state_dict())
     assert empty.needs_refresh(0)

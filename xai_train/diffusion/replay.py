@@ -90,8 +90,11 @@ class ReplayBuffer:
             "last_refresh": -1 if self.last_refresh is None else self.last_refresh,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        device = self.images.device if self.images is not None else None
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device | str | None = None) -> None:
+        """Restores :meth:`state_dict`; the images land on ``device`` (default: where this buffer's images are,
+        else where the saved ones are; checkpoints load on the CPU, so pass the model's device on resume)."""
+        if device is None and self.images is not None:
+            device = self.images.device
         images = state["images"]
         self.images = None if images is None else (images.to(device) if device is not None else images.clone())
         self.birth_step = state["birth_step"].clone()
