@@ -114,9 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     validate_cells(spec, cells)
     ablation_dir = Path(args.output_dir or spec.output_dir or Path("runs") / "ablation" / spec.name)
     at_a_time = args.max_parallel or (args.jobs if args.backend == "local" else "the engine's limit")
+    per_arm = sorted({sum(c.arm == arm for c in cells) for arm in {c.arm for c in cells}}) or [0]
+    seeds = f" x {per_arm[0]} seeds" if len(per_arm) == 1 else f", {per_arm[0]}-{per_arm[-1]} seeds each"
     print(
-        f"ablation '{spec.name}': {len(cells)} cells ({len({c.arm for c in cells})} arms x "
-        f"{len({c.seed for c in cells})} seeds), recipe {spec.recipe}, base {spec.base}, directory {ablation_dir}, "
+        f"ablation '{spec.name}': {len(cells)} cells ({len({c.arm for c in cells})} arms{seeds}), "
+        f"recipe {spec.recipe}, base {spec.base}, directory {ablation_dir}, "
         f"{spec.threads or 'auto'} thread(s) per cell, {at_a_time} at a time, backend {args.backend}"
     )
     backend = make_backend(

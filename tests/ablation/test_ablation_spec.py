@@ -87,9 +87,24 @@ def test_cells_with_other_seeds_and_only_some_arms():
         expand_cells(spec, only_arms=["vanila"])
 
 
+def test_an_arm_with_its_own_seeds_plans_only_those():
+    arms = [{"name": "vanilla", "baseline": True}, {"name": "small", "seeds": [1, 3]}]
+    spec = parse_spec(spec_dict(arms=arms, seeds=[0, 1, 2]), "demo")
+    assert [c.key for c in expand_cells(spec)] == [
+        "vanilla/seed_0",
+        "vanilla/seed_1",
+        "small/seed_1",
+        "vanilla/seed_2",
+        "small/seed_3",
+    ]
+    assert [c.key for c in expand_cells(spec, seeds=[5])] == ["vanilla/seed_5", "small/seed_5"]  # --seeds: all arms
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
+        ({"arms": [{"name": "a", "seeds": []}]}, "arm 'a': 'seeds' must be a non-empty list of integers"),
+        ({"arms": [{"name": "a", "seeds": [4, 4]}]}, "arm 'a': 'seeds': seed 4 is listed twice"),
         ({"arm": []}, "unknown key 'arm'"),
         ({"base": ""}, "missing 'base'"),
         ({"seeds": [0, "a"]}, "'seeds' must be a non-empty list of integers"),

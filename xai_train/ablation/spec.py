@@ -15,6 +15,7 @@ An ablation YAML names the recipe script, a base config, common overrides, arms 
       - name: xaigan
         overrides: {xai.enabled: true}
         grid: {xai.alpha: [0.1, 0.2]}            # expands this arm: xaigan-alpha=0.1, xaigan-alpha=0.2
+      - {name: small, overrides: {data.fraction: 0.2}, seeds: [0, 1]}   # an arm's own seeds (default: seeds)
     grid: {}                                     # top level: crossed with every arm
 
 Optional, for a confirmatory study: which comparisons the page tests, declared before the cells run::
@@ -63,7 +64,7 @@ SPEC_KEYS = (
     "equivalence_margin",
 )
 COMPARISON_KEYS = ("arm", "metric", "baseline")
-ARM_KEYS = ("name", "baseline", "overrides", "grid", "description")
+ARM_KEYS = ("name", "baseline", "overrides", "grid", "description", "seeds")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Arm:
     overrides: dict[str, Any] = field(default_factory=dict)
     baseline: bool = False
     description: str = ""
+    seeds: tuple[int, ...] | None = None  # this arm's own seeds (None: the spec's)
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,14 @@ def expand_arms(arms: Sequence[Arm | Mapping[str, Any]], grid: Mapping[str, Sequ
         name, own_grid = str(entry.get("name", "")), dict(entry.get("grid") or {})
         if (not name and arms) or "/" in name or name != name.strip():
             raise ConfigError(f"arm #{index + 1}: name {name!r} must be non-empty, without '/' or outer spaces")
+        seeds = entry.get("seeds")
+        if seeds is not None:
+            seeds = check_seeds(list(seeds) if isinstance(seeds, tuple) else seeds, f"arm '{name}': 'seeds'")
         for position, combo in enumerate(grid_combinations({**own_grid, **dict(grid or {})})):
             overrides = {**dict(entry.get("overrides") or {}), **combo}
             baseline = bool(entry.get("baseline")) and position == 0  # a gridded baseline: its first combination
-            expanded.append(
-                Arm(combination_name(name, combo) or "default", overrides, baseline, str(entry.get("description", "")))
-            )
+            description = str(entry.get("description", ""))
+            expanded.append(Arm(combination_name(name, combo) or "default", overrides, baseline, description, seeds))
     names = [arm.name for arm in expanded]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -208,7 +212,7 @@ def expand_arms(arms: Sequence[Arm | Mapping[str, Any]], grid: Mapping[str, Sequ
     if len(marked) > 1:
         raise ConfigError(f"more than one baseline arm: {', '.join(marked)}; mark exactly one")
     if not marked:
-        expanded[0] = Arm(expanded[0].name, expanded[0].overrides, True, expanded[0].description)
+        expanded[0] = dataclasses.replace(expanded[0], baseline=True)
     return expanded
 
 
@@ -218,11 +222,12 @@ def expand_cells(
     """Cells of an ablation, seed-major: every arm with the first seed, then every arm with the next.
 
     Seed-major order means a run cut short still has every arm at equal seed counts, and a slow phase of a
-    shared machine hits every arm alike.
+    shared machine hits every arm alike. An arm with its own ``seeds`` runs those (an arm of 10 seeds beside
+    arms of 16 has 10 cells, not 16 with 6 missing).
 
     Args:
         spec: the ablation.
-        seeds: replaces ``spec.seeds`` when given.
+        seeds: replaces ``spec.seeds`` and every arm's own seeds when given.
         only_arms: keep only these arms (names as expanded).
 
     Returns:
@@ -238,15 +243,25 @@ def expand_cells(
         ['a/seed_0', 'b/seed_0', 'a/seed_1', 'b/seed_1']
         >>> [(c.key, c.overrides) for c in expand_cells(spec, only_arms=["b"])]
         [('b/seed_0', {'y': 0, 'x': 2}), ('b/seed_1', {'y': 0, 'x': 2})]
+        >>> fewer = dataclasses.replace(spec, arms=(spec.arms[0], Arm("b", {"x": 2}, seeds=(1,))))
+        >>> [c.key for c in expand_cells(fewer)], [c.key for c in expand_cells(fewer, seeds=[5])]
+        (['a/seed_0', 'a/seed_1', 'b/seed_1'], ['a/seed_5', 'b/seed_5'])
     """
     names = [arm.name for arm in spec.arms]
     for name in only_arms or ():
         if name not in names:
             raise ConfigError(f"unknown arm '{name}' in ablation '{spec.name}'; arms: {', '.join(names)}")
     arms = [arm for arm in spec.arms if not only_arms or arm.name in only_arms]
-    chosen = tuple(spec.seeds if seeds is None else seeds)
-    check_unique_seeds(chosen, "--seeds")
-    return [Cell(arm.name, int(seed), {**spec.overrides, **arm.overrides}) for seed in chosen for arm in arms]
+    if seeds is not None:
+        check_unique_seeds(seeds, "--seeds")
+    planned = {arm.name: tuple(seeds if seeds is not None else arm.seeds or spec.seeds) for arm in arms}
+    order = list(dict.fromkeys(seed for arm in arms for seed in planned[arm.name]))
+    return [
+        Cell(arm.name, int(seed), {**spec.overrides, **arm.overrides})
+        for seed in order
+        for arm in arms
+        if seed in planned[arm.name]
+    ]
 
 
 def check_unique_seeds(seeds: Sequence[int], source: str) -> None:
@@ -254,6 +269,18 @@ def check_unique_seeds(seeds: Sequence[int], source: str) -> None:
     repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
     if repeated:
         raise ConfigError(f"{source}: seed {repeated[0]} is listed twice; give each seed once")
+
+
+def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
+    """A non-empty list of distinct integers, as a tuple; a ConfigError naming ``where`` otherwise."""
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise ConfigError(f"{where} must be a non-empty list of integers, got {seeds!r}")
+    check_unique_seeds(seeds, where)
+    return tuple(seeds)
 
 
 def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -> AblationSpec:
@@ -266,14 +293,7 @@ def parse_spec(data: Mapping[str, Any], name: str, source: str = "<ablation>") -
             raise ConfigError(
                 f"{source}: missing '{required}' (the {'recipe script' if required == 'recipe' else 'base config'})"
             )
-    seeds = data.get("seeds", [0, 1, 2])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    ):
-        raise ConfigError(f"{source}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
-    check_unique_seeds(seeds, source)
+    seeds = check_seeds(data.get("seeds", [0, 1, 2]), f"{source}: 'seeds'")
     threads = parse_threads(data.get("threads", 1), f"{source}: 'threads'")
     metric, metrics = str(data.get("metric", "fd")), [name for names in EVAL_OUTPUTS.values() for name in names]
     if metric not in metrics:
