@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_GAN = {  # the tiny GAN of test_ablation_e2e.py: a cell costs ~15 s, mostly imports
+TINY_GAN = {  # a cell costs ~15 s, mostly imports
     "model.g_width": 8,
     "model.d_width": 8,
     "train.batch_size": 16,
@@ -117,16 +117,24 @@ class SessionGroups:
 
 
 @pytest.fixture(scope="session")
-def local_reference(tmp_path_factory) -> dict[str, Path]:
-    """The 2 arms x 2 seeds tiny GAN sweep and one LONG_GAN cell, run once by the local backend."""
-    folder = tmp_path_factory.mktemp("local_reference")
-    sweep, long = folder / "sweep", folder / "long"
-    done = ablate(SessionGroups(), write_spec(folder, TINY_GAN), sweep, "--jobs", "2")
+def local_sweep(tmp_path_factory) -> dict:
+    """The 2 arms x 2 seeds TINY_GAN sweep run once by the local backend (``--jobs 2``): its folder, spec and
+    stdout; the end-to-end test and the engine tests share it."""
+    folder = tmp_path_factory.mktemp("local_sweep")
+    spec = write_spec(folder, TINY_GAN)
+    done = ablate(SessionGroups(), spec, folder / "sweep", "--jobs", "2")
     assert done.returncode == 0, done.stdout + done.stderr
-    long_spec = write_spec(folder, LONG_GAN, arms=[{"name": "vanilla", "baseline": True}], seeds=[0], name="long")
-    done = ablate(SessionGroups(), long_spec, long)
+    return {"folder": folder / "sweep", "spec": spec, "stdout": done.stdout}
+
+
+@pytest.fixture(scope="session")
+def local_long(tmp_path_factory) -> Path:
+    """One uninterrupted LONG_GAN cell run by the local backend: what a pre-empted cell must end equal to."""
+    folder = tmp_path_factory.mktemp("local_long")
+    spec = write_spec(folder, LONG_GAN, arms=[{"name": "vanilla", "baseline": True}], seeds=[0], name="long")
+    done = ablate(SessionGroups(), spec, folder / "long")
     assert done.returncode == 0, done.stdout + done.stderr
-    return {"sweep": sweep, "long": long / "vanilla" / "seed_0"}
+    return folder / "long" / "vanilla" / "seed_0"
 
 
 def assert_same_run(cell: Path, reference: Path) -> None:

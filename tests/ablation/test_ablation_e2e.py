@@ -5,51 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_tiny_ablation_end_to_end(tmp_path, process_groups):
-    spec = {
-        "recipe": "recipes/train_gan.py",
-        "base": "configs/gan/dcgan_digits.yaml",
-        "schema": "xai_train.config.gan:GANExperiment",
-        "seeds": [0, 1],
-        "overrides": {
-            "model.g_width": 8,
-            "model.d_width": 8,
-            "train.batch_size": 16,
-            "train.max_steps": 6,
-            "train.log_every": 1,
-            "train.sample_every": 0,
-            "train.checkpoint_every": 3,
-            "eval.enabled": True,
-            "eval.every_n_steps": 3,
-            "eval.num_samples": 64,
-            "eval.batch_size": 64,
-            "xai.log_every": 0,
-        },
-        "arms": [
-            {"name": "vanilla", "baseline": True},
-            {"name": "grad", "overrides": {"xai.enabled": True, "xai.method": "grad"}},
-        ],
-    }
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(spec))
-    out = tmp_path / "ablation"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "recipes/ablate.py", str(config), "--output-dir", str(out), "--jobs", "2"]
-    # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
-    done = process_groups.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "[cell 4/4] arm=grad seed=1: done" in done.stdout
+def test_tiny_ablation_end_to_end(local_sweep, process_groups, sweeps):
+    out = local_sweep["folder"]  # 2 arms (vanilla, grad) x 2 seeds of sweeps.TINY_GAN, --jobs 2, at one thread
+    assert "[cell 4/4] arm=grad seed=1: done" in local_sweep["stdout"]
 
     rows = {row["arm"]: row for row in csv.DictReader(open(out / "results.csv"))}
     assert set(rows) == {"vanilla", "grad"} and rows["grad"]["n"] == "2"
@@ -59,8 +26,7 @@ def test_tiny_ablation_end_to_end(tmp_path, process_groups):
     assert (out / "fd_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "vanilla" / "seed_1" / "log.txt").is_file()
 
-    # the timeout is a hang guard only: a loaded 2-core CI machine runs this many times slower
-    again = process_groups.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    again = sweeps.ablate(process_groups, local_sweep["spec"], out, "--jobs", "2")
     assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 4
 
     # every cell ran on one thread with the shipped digits extractor, and says so
@@ -78,7 +44,7 @@ def test_tiny_ablation_end_to_end(tmp_path, process_groups):
         evaluated = process_groups.run(
             [sys.executable, "recipes/evaluate.py", str(cell), "--threads", threads],
             cwd=REPO,
-            env=env,
+            env=sweeps.ENV,
             capture_output=True,
             text=True,
             timeout=600,

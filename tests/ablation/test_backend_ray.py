@@ -24,19 +24,19 @@ FAKE_RECIPE = str(Path(__file__).with_name("fake_recipe.py"))
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_a_sweep_on_ray_gives_the_local_numbers(tmp_path, ray_cluster, local_reference, process_groups, sweeps):
+def test_a_sweep_on_ray_gives_the_local_numbers(tmp_path, ray_cluster, local_sweep, process_groups, sweeps):
     out = tmp_path / "ablation"
     spec = sweeps.write_spec(tmp_path, sweeps.TINY_GAN)
     done = sweeps.ablate(process_groups, spec, out, "--backend", "ray", "--ray-address", ray_cluster)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sweeps.metric_columns(out / "results.csv") == sweeps.metric_columns(local_reference["sweep"] / "results.csv")
+    assert sweeps.metric_columns(out / "results.csv") == sweeps.metric_columns(local_sweep["folder"] / "results.csv")
     assert "**4 of 4 cells finished.**" in (out / "results.md").read_text()
     for cell in ("vanilla/seed_0", "grad/seed_1"):
         sweeps.assert_nothing_left(out / cell)
 
 
 def test_a_killed_worker_is_retried_and_the_cell_ends_bitwise_equal(
-    tmp_path, ray_cluster, local_reference, process_groups, sweeps
+    tmp_path, ray_cluster, local_long, process_groups, sweeps
 ):
     arms = [{"name": "vanilla", "baseline": True}]
     spec = sweeps.write_spec(tmp_path, sweeps.LONG_GAN, arms=arms, seeds=[0], name="long")
@@ -58,7 +58,7 @@ def test_a_killed_worker_is_retried_and_the_cell_ends_bitwise_equal(
     starts = [r for r in records if r["event"] == "start"]
     assert len(starts) == 2 and starts[0]["pid"] == worker != starts[1]["pid"]
     assert [r["status"] for r in records if r["event"] == "end"] == ["ok"]  # the killed attempt wrote no end
-    sweeps.assert_same_run(cell, local_reference["long"])
+    sweeps.assert_same_run(cell, local_long)
     first_recipe = int(open(cell / "log.txt").read().count("attempt 1"))
     assert first_recipe == 1
     sweeps.assert_nothing_left(cell)
