@@ -7,6 +7,8 @@
         --output-dir runs/ablation/xaigan_explainers_full
     python recipes/ablate.py configs/ablation/xaigan_explainers.yaml --launcher "torchrun --nproc_per_node 2"
     python recipes/ablate.py configs/ablation/xaigan_explainers.yaml --report-only    # re-aggregate only
+    python recipes/ablate.py configs/ablation/xaigan_explainers.yaml --report-only \
+        --publish docs/results/xaigan_explainers.md                                   # + into a results page
     python recipes/ablate.py configs/ablation/xaigan_explainers.yaml --jobs 2         # two 1-thread cells at once
     python recipes/ablate.py configs/ablation/xaigan_alpha.yaml --backend slurm --partition gpu --gpus-per-cell 1 \\
         --time-min 240 --max-parallel 16 --no-wait                                # submit a job array, return
@@ -40,6 +42,7 @@ import sys
 from pathlib import Path
 
 from xai_train.ablation.backends import BACKENDS, Update, make_backend
+from xai_train.ablation.page import publish
 from xai_train.ablation.progress import CellProgress, folder_states, status_lines, status_table, write_failures
 from xai_train.ablation.report import write_report
 from xai_train.ablation.runner import cell_dir, run_cells
@@ -84,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="replace the YAML's seeds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra common override")
     parser.add_argument("--report-only", action="store_true", help="skip running; aggregate what is there")
+    parser.add_argument(
+        "--publish",
+        metavar="PAGE",
+        default="",
+        help="after the report, put it into PAGE between its report markers, CSVs/plots beside it (page.publish)",
+    )
     parser.add_argument("--jobs", type=count, default=1, help="cells run at the same time (default 1)")
     parser.add_argument("--threads", help="torch threads per cell: N or auto (default: the YAML's threads, else 1)")
     parser.add_argument(
@@ -103,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     engine.add_argument("--slurm-folder", default="", help="submitit's folder (default <ablation_dir>/slurm)")
     engine.add_argument("--ray-address", default="", help="ray.init address, e.g. auto (default: RAY_ADDRESS)")
     args = parser.parse_args(argv)
+    if args.publish and not Path(args.publish).parent.is_dir():
+        raise UserError(f"--publish {args.publish}: folder {Path(args.publish).parent} does not exist; create it first")
 
     spec = with_extra_overrides(load_spec(args.ablation), args.set)
     if args.threads is not None:
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     directories = {cell.key: str(Path.cwd() / cell_dir(ablation_dir, cell)) for cell in cells}
     progress = {key: CellProgress(key, state, directories[key]) for key, state in folder_states(directories).items()}
     if args.report_only:
-        return report(spec, ablation_dir, progress, args.allow_mixed)
+        return report(spec, ablation_dir, progress, args.allow_mixed, args.publish)
 
     def on_update(cells_now: dict[str, CellProgress], update: Update) -> None:
         progress.update(cells_now)
@@ -172,15 +183,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(submitted)} cell(s) submitted to {args.backend} (job ids in {backend.jobs_file()}); run the same "
             "command again to re-attach, follow them and report"
         )
-    return report(spec, ablation_dir, progress, args.allow_mixed)
+    return report(spec, ablation_dir, progress, args.allow_mixed, args.publish)
 
 
-def report(spec: AblationSpec, ablation_dir: Path, progress: dict[str, CellProgress], allow_mixed: bool) -> int:
-    """Writes results.* with the "k of N finished" lines and failures.json; 1 if a cell failed or was lost."""
+def report(
+    spec: AblationSpec, ablation_dir: Path, progress: dict[str, CellProgress], allow_mixed: bool, page: str = ""
+) -> int:
+    """Writes results.* with the "k of N finished" lines and failures.json (and into ``page``, if given);
+    1 if a cell failed or was lost."""
     cells = list(progress.values())
     failures = write_failures(ablation_dir / "failures.json", cells)
     paths = write_report(spec, ablation_dir, allow_mixed=allow_mixed, status=status_lines(cells))
     print("results: " + ", ".join(str(path) for path in [*paths, failures]))
+    if page:
+        print("published: " + ", ".join(str(path) for path in publish(ablation_dir, page)))
     failed = [cell for cell in cells if cell.state in ("failed", "lost")]
     if failed:
         print(

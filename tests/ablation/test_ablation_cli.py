@@ -74,3 +74,30 @@ def test_dry_run_shows_the_pinned_threads(ablate, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "2 thread(s) per cell, 1 at a time" in out
     assert "\n    XAI_TRAIN_THREADS=2 OMP_NUM_THREADS=2 " in out
+
+
+def test_report_only_publishes_into_a_results_page(ablate, capsys, monkeypatch, tmp_path):
+    import yaml
+
+    from xai_train.errors import UserError
+
+    monkeypatch.chdir(REPO)
+    (tmp_path / "base.yaml").write_text("{}\n")
+    arms = [{"name": "a", "baseline": True}, {"name": "b", "overrides": {"fake.fd": 12}, "seeds": [0]}]
+    spec = {"recipe": str(REPO / "tests/ablation/fake_recipe.py"), "base": str(tmp_path / "base.yaml")}
+    (tmp_path / "fake.yaml").write_text(yaml.safe_dump({**spec, "seeds": [0, 1], "arms": arms}))
+    common = [str(tmp_path / "fake.yaml"), "--output-dir", str(tmp_path / "run")]
+    assert ablate.main(common) == 0  # a: seeds 0 and 1; b: its own seed 0 only
+    page = tmp_path / "docs" / "fake.md"
+    with pytest.raises(UserError, match=f"--publish {page}: folder {page.parent} does not exist"):
+        ablate.main([*common, "--report-only", "--publish", str(page)])
+    page.parent.mkdir()
+    page.write_text("# Fake\n\nProtocol kept.\n")
+    capsys.readouterr()
+    assert ablate.main([*common, "--report-only", "--publish", str(page)]) == 0
+    assert "3 cells (2 arms, 1-2 seeds each)" in capsys.readouterr().out
+    text = page.read_text()
+    assert text.startswith("# Fake\n\nProtocol kept.\n") and "<!-- report:begin -->" in text
+    assert "**3 of 3 cells finished.**" in text and "Not finished" not in text
+    cells = (page.parent / "fake_cells.csv").read_text().splitlines()
+    assert len(cells) == 1 + 3 and cells[0].startswith("arm,")
