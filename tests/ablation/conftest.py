@@ -56,6 +56,17 @@ def write_spec(folder: Path, overrides: dict, arms: list | None = None, seeds=(0
     return path
 
 
+def write_fake_spec(folder: Path, seeds=(0,), overrides: dict | None = None) -> Path:
+    """An ablation YAML of tests/ablation/fake_recipe.py: arm ``good`` (baseline) and arm ``bad`` (fails)."""
+    (folder / "base.yaml").write_text("{}\n")
+    arms = [{"name": "good", "baseline": True}, {"name": "bad", "overrides": {"fake.fail": True}}]
+    spec = {"recipe": str(Path(__file__).with_name("fake_recipe.py")), "base": str(folder / "base.yaml")}
+    spec.update(seeds=list(seeds), overrides=overrides or {}, arms=arms)
+    path = folder / "fake.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
 def ablate(process_groups, spec: Path, out: Path, *extra: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     """``recipes/ablate.py SPEC --output-dir OUT EXTRA...`` from the repository root, in its own process group."""
     command = [sys.executable, "recipes/ablate.py", str(spec), "--output-dir", str(out), *extra]

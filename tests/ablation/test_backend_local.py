@@ -10,12 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from xai_train.ablation.cellrun import CellRequest, Lease, read_attempts, run_cell
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_RECIPE = str(Path(__file__).with_name("fake_recipe.py"))
 # a "recipe" that leaves a grandchild behind and waits: what a launcher with workers looks like
 SPAWNER = "import subprocess, sys, time; p = subprocess.Popen(['sleep', '600']); print('child', p.pid, flush=True)"
 
@@ -97,18 +94,8 @@ def test_sigterm_to_the_worker_stops_the_recipe_group(tmp_path, sweeps):
     sweeps.assert_nothing_left(tmp_path / "cell")
 
 
-def test_a_failing_cell_is_listed_and_a_rerun_reruns_only_it(tmp_path, process_groups):
-    base = tmp_path / "base.yaml"
-    base.write_text("{}\n")
-    spec = {
-        "recipe": FAKE_RECIPE,
-        "base": str(base),
-        "seeds": [0, 1],
-        "overrides": {"train.max_steps": 4},
-        "arms": [{"name": "good", "baseline": True}, {"name": "bad", "overrides": {"fake.fail": True}}],
-    }
-    config = tmp_path / "fake.yaml"
-    config.write_text(yaml.safe_dump(spec))
+def test_a_failing_cell_is_listed_and_a_rerun_reruns_only_it(tmp_path, process_groups, sweeps):
+    config = sweeps.write_fake_spec(tmp_path, seeds=(0, 1), overrides={"train.max_steps": 4})
     out = tmp_path / "ablation"
     command = [sys.executable, "recipes/ablate.py", str(config), "--output-dir", str(out), "--jobs", "2"]
     done = process_groups.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from xai_train.ablation.cellrun import read_attempts
 
 pytestmark = pytest.mark.slow
-FAKE_RECIPE = str(Path(__file__).with_name("fake_recipe.py"))
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -65,12 +63,7 @@ def test_a_killed_worker_is_retried_and_the_cell_ends_bitwise_equal(
 
 
 def test_a_failing_cell_is_not_retried_and_exits_1(tmp_path, ray_cluster, process_groups, sweeps):
-    (tmp_path / "base.yaml").write_text("{}\n")
-    arms = [{"name": "good", "baseline": True}, {"name": "bad", "overrides": {"fake.fail": True}}]
-    spec = tmp_path / "fake.yaml"
-    spec.write_text(
-        yaml.safe_dump({"recipe": FAKE_RECIPE, "base": str(tmp_path / "base.yaml"), "seeds": [0], "arms": arms})
-    )
+    spec = sweeps.write_fake_spec(tmp_path)
     out = tmp_path / "ablation"
     done = sweeps.ablate(process_groups, spec, out, "--backend", "ray", "--ray-address", ray_cluster)
     assert done.returncode == 1, done.stdout + done.stderr

@@ -12,12 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from xai_train.ablation.cellrun import read_attempts
 
 pytestmark = pytest.mark.slow
-FAKE_RECIPE = str(Path(__file__).with_name("fake_recipe.py"))
 
 
 def test_a_sweep_on_slurm_gives_the_local_numbers(tmp_path, slurm_cluster, local_sweep, process_groups, sweeps):
@@ -75,12 +73,7 @@ def release_requeued(job: str, cell: Path, timeout: float = 180.0) -> None:
 
 
 def test_a_failing_cell_exits_1_and_a_rerun_reruns_only_it(tmp_path, slurm_cluster, process_groups, sweeps):
-    (tmp_path / "base.yaml").write_text("{}\n")
-    arms = [{"name": "good", "baseline": True}, {"name": "bad", "overrides": {"fake.fail": True}}]
-    spec = tmp_path / "fake.yaml"
-    spec.write_text(
-        yaml.safe_dump({"recipe": FAKE_RECIPE, "base": str(tmp_path / "base.yaml"), "seeds": [0], "arms": arms})
-    )
+    spec = sweeps.write_fake_spec(tmp_path)
     out = tmp_path / "ablation"
     done = sweeps.ablate(process_groups, spec, out, "--backend", "slurm")
     assert done.returncode == 1, done.stdout + done.stderr
