@@ -6,11 +6,7 @@ its own, like ``cuda``) or with a recorder of ``.to`` calls; CUDA-only calls are
 
 from __future__ import annotations
 
-import os
 import random
-import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -186,34 +182,10 @@ def test_rank_consistent_in_one_process_keeps_the_error():
         pass  # no error: nothing raised
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_a_user_error_on_one_rank_stops_both_ranks_with_the_same_message(tmp_path, process_groups):
-    port, processes = free_port(), []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "WORLD_SIZE": "2",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": "2",
-        }
-        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-        processes.append(process_groups.start([sys.executable, str(WORKER), str(tmp_path)], env=env, **pipes))
-    try:
-        outputs = [p.communicate(timeout=300) for p in processes]  # a rank-local raise hangs here instead
-    finally:
-        process_groups.close()
-    for rank, (process, (_, stderr)) in enumerate(zip(processes, outputs, strict=True)):
-        assert process.returncode == 1, f"rank {rank}: {stderr[-3000:]}"
+def test_a_user_error_on_one_rank_stops_both_ranks_with_the_same_message(tmp_path, two_ranks):
+    for rank, (returncode, stderr) in enumerate(two_ranks(WORKER, str(tmp_path))):
+        assert returncode == 1, f"rank {rank}: {stderr[-3000:]}"
     messages = [(tmp_path / f"rank{rank}_user_error.txt").read_text() for rank in range(2)]
     assert messages[0] == messages[1]
     assert messages[0].startswith("on_generator_forward failed: rank 1: attribute(): the images")
