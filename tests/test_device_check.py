@@ -19,6 +19,13 @@ INSTALLER = REPO / "scripts" / "offline_install.py"
 FILES = ["demo_samples.png", "diffusion.md", "gan.md", "log.txt", "summary.md"]
 
 
+def device_check(process_groups, results: Path, *options: str, timeout: float = 600, cwd=None, **environment: str):
+    """``bash scripts/device_check.sh RESULTS OPTIONS...`` at one OpenMP thread with ``environment`` added."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", **environment)
+    command = ["bash", str(SCRIPT), str(results), *options]
+    return process_groups.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def make_wheel(folder: Path, name: str, requires: tuple[str, ...] = (), value: int = 7) -> Path:
     """A minimal valid pure-Python wheel: module ``name`` with ``VALUE = value``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,14 +108,7 @@ def test_the_check_stops_at_a_failed_install_before_any_step(tmp_path, process_g
     wheels = tmp_path / "wheels"
     (wheels).mkdir()
     (wheels / "broken-1.0-py3-none-any.whl").write_bytes(b"not a zip archive")
-    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, WHEELS=str(wheels))
-    done = process_groups.run(
-        ["bash", str(SCRIPT), str(tmp_path / "results"), "--no-install"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = device_check(process_groups, tmp_path / "results", "--no-install", PYTHON=sys.executable, WHEELS=str(wheels))
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         "error: installing broken-1.0-py3-none-any.whl failed (pip exit 1); pip's output is above"
@@ -118,9 +118,7 @@ def test_the_check_stops_at_a_failed_install_before_any_step(tmp_path, process_g
 
 
 def test_unknown_option_is_one_error_line_and_exit_2(tmp_path, process_groups):
-    done = process_groups.run(
-        ["bash", str(SCRIPT), str(tmp_path), "--gpu"], capture_output=True, text=True, timeout=600
-    )
+    done = device_check(process_groups, tmp_path, "--gpu")
     assert done.returncode == 2
     assert done.stderr.splitlines()[0] == "error: unknown option '--gpu'; expected --cpu-smoke or --no-install"
 
@@ -129,16 +127,9 @@ def test_unknown_option_is_one_error_line_and_exit_2(tmp_path, process_groups):
 def test_cpu_smoke_installs_carried_wheels_runs_every_step_and_writes_five_files(tmp_path, process_groups):
     results = tmp_path / "results"
     make_wheel(tmp_path / "wheels", "xaitiny", requires=("torch>=2.0",))
-    environment = dict(os.environ, OMP_NUM_THREADS="1", WHEELS=str(tmp_path / "wheels"))
-    done = process_groups.run(
-        ["bash", str(SCRIPT), str(results), "--cpu-smoke"],
-        cwd=tmp_path,  # the script finds the repository itself
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    wheels = str(tmp_path / "wheels")
+    # cwd: the script finds the repository itself
+    done = device_check(process_groups, results, "--cpu-smoke", timeout=1800, cwd=tmp_path, WHEELS=wheels)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(p.name for p in results.iterdir()) == FILES
     summary = (results / "summary.md").read_text()
@@ -167,14 +158,7 @@ def test_cpu_smoke_installs_carried_wheels_runs_every_step_and_writes_five_files
 
 
 def test_a_spent_budget_skips_the_steps_and_fails(tmp_path, process_groups):
-    environment = dict(os.environ, OMP_NUM_THREADS="1", BUDGET="0", WHEELS=str(tmp_path / "none"))
-    done = process_groups.run(
-        ["bash", str(SCRIPT), str(tmp_path / "results"), "--cpu-smoke"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = device_check(process_groups, tmp_path / "results", "--cpu-smoke", BUDGET="0", WHEELS=str(tmp_path / "none"))
     assert done.returncode == 1
     summary = (tmp_path / "results" / "summary.md").read_text()
     skipped = [line for line in summary.splitlines() if "skipped: the 0 s budget is spent" in line]
