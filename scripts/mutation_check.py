@@ -49,7 +49,7 @@ MUTATIONS = (
              "d_fake.detach().reshape(-1) < 0.5", ("tests/xaigan",)),
     Mutation("pruning", "xai_train/checkpoint/manager.py", "step_folders(self.directory)[: -self.keep_last]",
              "step_folders(self.directory)[: -self.keep_last - 1]", ("tests/test_checkpoint.py",)),
-    Mutation("Welch", "xai_train/ablation/stats.py", "var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1)",
+    Mutation("Welch", "xai_train/ablation/power.py", "var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1)",
              "var_a**2 / n_a + var_b**2 / n_b", ("tests/ablation",)),
     Mutation("d-steps", "xai_train/trainers/gan.py", "for cycle in range(cfg.d_steps_per_g_step):",
              "for cycle in range(1):", ("tests/trainers",)),

@@ -14,10 +14,11 @@ import yaml
 from scipy import stats as scipy_stats
 
 from xai_train.ablation.page import cells_from_page, publish
+from xai_train.ablation.power import minimum_detectable_effect, seeds_needed
 from xai_train.ablation.report import write_report
 from xai_train.ablation.results import collect_cells, read_metrics_jsonl
 from xai_train.ablation.spec import AblationSpec, Arm, PlannedComparison
-from xai_train.ablation.stats import holm, minimum_detectable_effect, seeds_needed, tost_paired
+from xai_train.ablation.stats import holm, tost_paired
 from xai_train.errors import UserError
 
 # Final FD per seed: vanilla 10, 12, 14 (mean 12, std 2); xai 8, 9, 10 (mean 9, std 1).

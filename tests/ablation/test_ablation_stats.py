@@ -9,6 +9,13 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from xai_train.ablation.power import (
+    minimum_detectable_effect,
+    seeds_needed,
+    t_test_power,
+    welch_minimum_detectable_effect,
+    welch_power,
+)
 from xai_train.ablation.stats import (
     Summary,
     benjamini_hochberg,
@@ -17,15 +24,10 @@ from xai_train.ablation.stats import (
     format_mean_std,
     format_relative,
     holm,
-    minimum_detectable_effect,
     paired_compare,
-    seeds_needed,
     summarize,
-    t_test_power,
     tost_paired,
     welch_compare,
-    welch_minimum_detectable_effect,
-    welch_power,
 )
 
 

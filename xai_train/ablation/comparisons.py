@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from xai_train.ablation.power import seeds_needed
 from xai_train.ablation.spec import AblationSpec, PlannedComparison
 from xai_train.ablation.stats import (
     Comparison,
@@ -28,7 +29,6 @@ from xai_train.ablation.stats import (
     compare,
     format_relative,
     holm,
-    seeds_needed,
     summarize,
     tost_paired,
 )
